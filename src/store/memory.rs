@@ -1,0 +1,369 @@
+//! The in-process store: the zero-setup default for development and single-node use.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
+use crate::WorkspaceId;
+
+/// Default bound on ledger entries kept per workspace (about one report every 30 s for 35 days).
+pub const DEFAULT_MAX_ENTRIES_PER_WORKSPACE: usize = 100_000;
+
+/// An in-process [`BudgetStore`] with the same semantics as the Postgres store: exact trailing
+/// windows, `seq`, reset and clamp rules. State lives in memory and is lost on restart.
+///
+/// Memory per workspace is bounded: ledger entries older than [`Period::retention`] are dropped
+/// as new ones arrive, reports at the same microsecond share an entry, and beyond
+/// `max_entries_per_workspace` the oldest entry is folded into the next one. Folding moves old
+/// spend slightly *later*, so a window may count it a little longer — it never undercounts.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use tower_budget::{store::{BudgetStore, Heartbeat, MemoryStore}, WorkspaceId};
+/// let store = MemoryStore::new();
+/// let ws = WorkspaceId::new("ws-1").unwrap();
+/// store.register(&ws).await.unwrap();
+/// store.record_heartbeat(&Heartbeat::new(ws.clone(), Some(250), None)).await.unwrap();
+/// assert_eq!(store.status(&ws).await.unwrap().spend[tower_budget::period::Period::HOURLY], 250);
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    workspaces: RwLock<BTreeMap<WorkspaceId, Arc<Mutex<Workspace>>>>,
+    clock: Arc<dyn Clock>,
+    max_entries: usize,
+}
+
+#[derive(Debug, Default)]
+struct Workspace {
+    removed: bool,
+    limits: Limits,
+    previous_reported: i64,
+    last_seq: Option<u64>,
+    ledger: Ledger,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        MemoryStore {
+            workspaces: RwLock::default(),
+            clock: Arc::new(SystemClock),
+            max_entries: DEFAULT_MAX_ENTRIES_PER_WORKSPACE,
+        }
+    }
+
+    /// Uses `clock` for ledger timestamps and window ends (tests inject a `ManualClock`).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Bounds the ledger entries kept per workspace (at least 2).
+    #[must_use]
+    pub fn with_max_entries_per_workspace(mut self, max: usize) -> Self {
+        self.max_entries = max.max(2);
+        self
+    }
+
+    fn get(&self, workspace: &WorkspaceId) -> Result<Arc<Mutex<Workspace>>, StoreError> {
+        let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+        map.get(workspace).cloned().ok_or(StoreError::NotFound)
+    }
+
+    /// Runs `f` on a registered, not removed workspace under its lock.
+    fn with_live<T>(
+        &self,
+        workspace: &WorkspaceId,
+        f: impl FnOnce(&mut Workspace) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let ws = self.get(workspace)?;
+        let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+        if ws.removed {
+            return Err(StoreError::NotFound);
+        }
+        f(&mut ws)
+    }
+}
+
+#[async_trait]
+impl BudgetStore for MemoryStore {
+    async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
+        let ws = map.entry(workspace.clone()).or_default();
+        ws.lock().unwrap_or_else(|e| e.into_inner()).removed = false;
+        Ok(())
+    }
+
+    async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        self.with_live(workspace, |ws| {
+            ws.removed = true;
+            Ok(())
+        })
+    }
+
+    async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError> {
+        self.with_live(workspace, |ws| Ok(ws.limits))
+    }
+
+    async fn patch_limits(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        self.with_live(workspace, |ws| {
+            ws.limits = ws.limits.patched(patch);
+            Ok(ws.limits)
+        })
+    }
+
+    async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
+        let now = micros(self.clock.now());
+        self.with_live(workspace, |ws| {
+            Ok(BudgetStatus {
+                limits: ws.limits,
+                spend: Spend::from_fn(|p| ws.ledger.spend(now - window_micros(p), now)),
+            })
+        })
+    }
+
+    async fn retry_after(
+        &self,
+        workspace: &WorkspaceId,
+        over: &Limits,
+    ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
+        let now = micros(self.clock.now());
+        self.with_live(workspace, |ws| {
+            Ok(PerPeriod::from_fn(|p| {
+                let limit = over.get(p).filter(|l| *l > 0)?;
+                let leaves_at = ws.ledger.first_entry_above(ws.ledger.total_at(now) - limit)?;
+                let wait = leaves_at + window_micros(p) - now;
+                u64::try_from(wait).ok().map(Duration::from_micros)
+            }))
+        })
+    }
+
+    async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
+        let now = micros(self.clock.now());
+        let max_entries = self.max_entries;
+        self.with_live(&hb.workspace, |ws| {
+            if let (Some(seq), Some(last)) = (hb.seq, ws.last_seq) {
+                if seq <= last {
+                    return Ok(HeartbeatOutcome { recorded_delta_cents: 0, stale: true });
+                }
+            }
+            let reported = hb.reported_cents();
+            let delta = derive_delta(ws.previous_reported, reported);
+            if delta > 0 {
+                ws.ledger.append(now, delta, max_entries)?;
+                ws.ledger.prune(now - retention_micros());
+            }
+            if reported > 0 {
+                ws.previous_reported = reported;
+            }
+            if hb.seq.is_some() {
+                ws.last_seq = hb.seq;
+            }
+            Ok(HeartbeatOutcome { recorded_delta_cents: delta, stale: false })
+        })
+    }
+
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceId>, StoreError> {
+        use std::ops::Bound;
+        let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(map
+            .range::<WorkspaceId, _>((start, Bound::Unbounded))
+            .filter(|(_, ws)| !ws.lock().unwrap_or_else(|e| e.into_inner()).removed)
+            .map(|(id, _)| id.clone())
+            .take(limit)
+            .collect())
+    }
+
+    async fn prune(&self) -> Result<u64, StoreError> {
+        let cutoff = micros(self.clock.now()) - retention_micros();
+        let all: Vec<_> = {
+            let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        // One workspace lock at a time: a prune never holds up more than one workspace.
+        Ok(all
+            .iter()
+            .map(|ws| ws.lock().unwrap_or_else(|e| e.into_inner()).ledger.prune(cutoff))
+            .sum())
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn window_micros(p: Period) -> i64 {
+    i64::try_from(p.window().as_micros()).unwrap_or(i64::MAX)
+}
+
+fn retention_micros() -> i64 {
+    i64::try_from(Period::retention().as_micros()).unwrap_or(i64::MAX)
+}
+
+/// An append-only ledger of running totals, oldest first.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// The running total before the oldest kept entry (what pruning or folding removed).
+    base_total: i64,
+    entries: VecDeque<Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    at: i64,
+    /// Running total after this entry.
+    total: i64,
+}
+
+impl Ledger {
+    fn total(&self) -> i64 {
+        self.entries.back().map_or(self.base_total, |e| e.total)
+    }
+
+    /// Appends `delta` at `at`; times never go backwards, so a late clock joins the last entry.
+    fn append(&mut self, at: i64, delta: i64, max_entries: usize) -> Result<(), StoreError> {
+        let total = self
+            .total()
+            .checked_add(delta)
+            .ok_or_else(|| StoreError::Refused("running spend total overflows i64".into()))?;
+        match self.entries.back_mut() {
+            Some(last) if last.at >= at => last.total = total,
+            _ => self.entries.push_back(Entry { at, total }),
+        }
+        if self.entries.len() > max_entries {
+            // Fold the oldest entry into the next: its spend now counts from the later time.
+            self.entries.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Running total over entries at or before `t`.
+    fn total_at(&self, t: i64) -> i64 {
+        match self.entries.partition_point(|e| e.at <= t) {
+            0 => self.base_total,
+            n => self.entries[n - 1].total,
+        }
+    }
+
+    /// Spend in `(lo, hi]`.
+    fn spend(&self, lo: i64, hi: i64) -> i64 {
+        if hi <= lo {
+            return 0;
+        }
+        self.total_at(hi) - self.total_at(lo)
+    }
+
+    /// Time of the first entry whose running total exceeds `total`.
+    fn first_entry_above(&self, total: i64) -> Option<i64> {
+        let i = self.entries.partition_point(|e| e.total <= total);
+        self.entries.get(i).map(|e| e.at)
+    }
+
+    /// Drops entries before `cutoff`; returns how many.
+    fn prune(&mut self, cutoff: i64) -> u64 {
+        let mut n = 0;
+        while let Some(e) = self.entries.front().copied().filter(|e| e.at < cutoff) {
+            self.base_total = e.total;
+            self.entries.pop_front();
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(events: &[(i64, i64)]) -> Ledger {
+        let mut l = Ledger::default();
+        for &(at, delta) in events {
+            l.append(at, delta, usize::MAX).unwrap();
+        }
+        l
+    }
+
+    #[test]
+    fn spend_is_exact_over_half_open_windows() {
+        let l = ledger(&[(10, 1), (20, 2), (20, 4), (30, 8)]);
+        assert_eq!(l.entries.len(), 3, "same instant shares an entry");
+        assert_eq!(l.spend(0, 100), 15);
+        assert_eq!(l.spend(10, 30), 14, "left edge excluded, right edge included");
+        assert_eq!(l.spend(9, 10), 1);
+        assert_eq!(l.spend(20, 29), 0);
+        assert_eq!(l.spend(30, 30), 0);
+    }
+
+    #[test]
+    fn late_clock_joins_the_last_entry() {
+        let l = ledger(&[(50, 1), (40, 2)]);
+        assert_eq!(l.spend(45, 50), 3);
+    }
+
+    #[test]
+    fn prune_keeps_window_sums() {
+        let mut l = ledger(&[(10, 1), (20, 2), (30, 4)]);
+        assert_eq!(l.prune(21), 2);
+        assert_eq!(l.spend(25, 40), 4);
+        assert_eq!(l.spend(0, 40), 4, "pruned spend no longer counts");
+        assert_eq!(l.prune(21), 0);
+    }
+
+    #[test]
+    fn folding_never_undercounts() {
+        let mut l = Ledger::default();
+        for at in 1..=10 {
+            l.append(at, 1, 4).unwrap();
+        }
+        assert_eq!(l.entries.len(), 4);
+        // Exact would be 3 for (7, 10]; folded spend moves later, never earlier.
+        assert_eq!(l.spend(7, 10), 3);
+        // The six folded reports now count from t=7: a window reaching back past 7 sees all.
+        assert_eq!(l.spend(6, 10), 10);
+        assert_eq!(l.spend(0, 10), 10);
+    }
+
+    #[test]
+    fn first_entry_above() {
+        let l = ledger(&[(10, 5), (20, 5), (30, 5)]);
+        assert_eq!(l.first_entry_above(0), Some(10));
+        assert_eq!(l.first_entry_above(5), Some(20));
+        assert_eq!(l.first_entry_above(12), Some(30));
+        assert_eq!(l.first_entry_above(15), None);
+    }
+
+    #[test]
+    fn overflow_is_refused_not_panicked() {
+        let mut l = ledger(&[(1, i64::MAX - 1)]);
+        assert!(matches!(l.append(2, 5, 10), Err(StoreError::Refused(_))));
+        assert_eq!(l.total(), i64::MAX - 1);
+    }
+}

@@ -1,0 +1,318 @@
+//! Budget storage: the [`BudgetStore`] trait, the types it speaks, and its implementations —
+//! [`MemoryStore`] (in-process, the zero-setup default) and, with the `postgres` feature,
+//! [`postgres::PgStore`].
+//!
+//! # The ledger
+//!
+//! Agents report **cumulative** spend. A heartbeat turns a report into an increment (see
+//! [`derive_delta`]) and appends it to an append-only ledger with the store's timestamp.
+//! Each ledger entry also carries the workspace's running total after it, so the spend in any
+//! trailing window `(now − w, now]` is a difference of two running totals: the last entry at or
+//! before `now` minus the total just before the first entry after `now − w`. That is two index
+//! probes per window whatever the ledger's size, and it is exact — no bucket rounding. The same
+//! running totals answer "when will enough spend have aged out" for `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::period::{exceeded_periods, Limits, LimitsPatch, PerPeriod, Period, Spend};
+use crate::WorkspaceId;
+
+mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use memory::MemoryStore;
+
+/// The largest cumulative report accepted: $10 B in cents. Larger reports are clamped to it.
+pub const MAX_REPORTED_CENTS: i64 = 1_000_000_000_000;
+
+/// A workspace's budget at one moment: its limits and its spend per trailing window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BudgetStatus {
+    /// The configured limits.
+    pub limits: Limits,
+    /// Spend in each period's trailing window, in cents.
+    pub spend: Spend,
+}
+
+/// One period's line of a [`BudgetStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PeriodStatus {
+    /// The period.
+    #[serde(skip)]
+    pub period: Period,
+    /// The limit in cents, `None` for no limit.
+    pub limit: Option<i64>,
+    /// Spend in the trailing window, in cents.
+    pub spend: i64,
+    /// `limit − spend` (negative when over), `None` without a limit.
+    pub remaining: Option<i64>,
+}
+
+impl BudgetStatus {
+    /// One line per period, in table order.
+    pub fn periods(&self) -> impl Iterator<Item = PeriodStatus> + '_ {
+        Period::all().map(|p| self.period(p))
+    }
+
+    /// The line of one period.
+    pub fn period(&self, period: Period) -> PeriodStatus {
+        let limit = self.limits.get(period);
+        let spend = self.spend[period];
+        PeriodStatus {
+            period,
+            limit,
+            spend,
+            remaining: limit.map(|l| l.saturating_sub(spend)),
+        }
+    }
+
+    /// The exceeded periods in table order (limit present and `spend >= limit`).
+    pub fn exceeded_periods(&self) -> Vec<Period> {
+        exceeded_periods(&self.limits, &self.spend)
+    }
+
+    /// True when any period is exceeded.
+    pub fn is_exceeded(&self) -> bool {
+        !self.exceeded_periods().is_empty()
+    }
+}
+
+/// A cumulative spend report from an agent, already clamped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The reporting workspace.
+    pub workspace: WorkspaceId,
+    reported_cents: i64,
+    /// The agent's monotonic report counter, if it sends one.
+    pub seq: Option<u64>,
+}
+
+impl Heartbeat {
+    /// A report of `reported_cents` cumulative spend (`None`: nothing to report), clamped to
+    /// `[0, MAX_REPORTED_CENTS]`.
+    pub fn new(workspace: WorkspaceId, reported_cents: Option<i64>, seq: Option<u64>) -> Self {
+        Heartbeat {
+            workspace,
+            reported_cents: reported_cents.unwrap_or(0).clamp(0, MAX_REPORTED_CENTS),
+            seq,
+        }
+    }
+
+    /// The clamped cumulative report; 0 means nothing to report.
+    pub fn reported_cents(&self) -> i64 {
+        self.reported_cents
+    }
+}
+
+/// What a heartbeat did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub struct HeartbeatOutcome {
+    /// Cents appended to the ledger (0 when nothing new was spent).
+    pub recorded_delta_cents: i64,
+    /// True when the report's `seq` was not newer than the last accepted one: nothing changed.
+    pub stale: bool,
+}
+
+/// The increment a cumulative report adds, given the previous report.
+///
+/// `reported < previous` means the agent's counter was reset, so everything it reports is new.
+/// A report of 0 adds nothing (and, by the stores, never replaces `previous`).
+pub fn derive_delta(previous: i64, reported: i64) -> i64 {
+    if reported <= 0 {
+        0
+    } else if reported < previous {
+        reported
+    } else {
+        reported - previous
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The workspace is not registered, or was removed.
+    #[error("workspace not found")]
+    NotFound,
+    /// The backend failed or timed out (database down, pool exhausted, …).
+    #[error("budget store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stored data cannot take the change (for instance a running total past `i64`).
+    #[error("budget store refused the change: {0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+/// Storage of limits and spend for many workspaces.
+///
+/// Implementations must make [`record_heartbeat`](Self::record_heartbeat) and
+/// [`patch_limits`](Self::patch_limits) atomic per workspace, and
+/// [`status`](Self::status) exact over the trailing windows. The crate's conformance suite
+/// (`tests/common/conformance.rs`) states the contract as tests; run it against a new store.
+#[async_trait]
+pub trait BudgetStore: Send + Sync + 'static {
+    /// Registers `workspace`, or brings a removed one back. Limits, ledger, previous report and
+    /// `seq` of a known workspace are kept.
+    async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError>;
+
+    /// Marks `workspace` removed: from then on it is [`StoreError::NotFound`] until registered
+    /// again. Removing an unknown or removed workspace is `NotFound`.
+    async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError>;
+
+    /// The workspace's limits.
+    async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError>;
+
+    /// Applies `patch` atomically (concurrent patches of different periods both survive) and
+    /// returns the limits after it.
+    async fn patch_limits(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &LimitsPatch,
+    ) -> Result<Limits, StoreError>;
+
+    /// Limits and spend per trailing window, now.
+    async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError>;
+
+    /// For each period in `over` whose limit is above 0, how long until enough of the current
+    /// spend in its window has aged out for spend to fall below the limit if nothing new is
+    /// spent. `None` where no wait helps (a limit of 0, or no limit).
+    async fn retry_after(
+        &self,
+        workspace: &WorkspaceId,
+        over: &Limits,
+    ) -> Result<PerPeriod<Option<Duration>>, StoreError>;
+
+    /// Turns a cumulative report into a ledger increment, atomically: two concurrent reports
+    /// never count the same increment, and a stale `seq` changes nothing.
+    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatOutcome, StoreError>;
+
+    /// Registered (not removed) workspaces in id order, after `after`, at most `limit`.
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceId>, StoreError>;
+
+    /// Deletes ledger entries older than [`Period::retention`], in small batches, and returns
+    /// how many went. Safe to call concurrently with everything else; call it periodically.
+    async fn prune(&self) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
+    async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        (**self).register(workspace).await
+    }
+    async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        (**self).remove(workspace).await
+    }
+    async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError> {
+        (**self).limits(workspace).await
+    }
+    async fn patch_limits(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        (**self).patch_limits(workspace, patch).await
+    }
+    async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
+        (**self).status(workspace).await
+    }
+    async fn retry_after(
+        &self,
+        workspace: &WorkspaceId,
+        over: &Limits,
+    ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
+        (**self).retry_after(workspace, over).await
+    }
+    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
+        (**self).record_heartbeat(heartbeat).await
+    }
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceId>, StoreError> {
+        (**self).list_workspaces(after, limit).await
+    }
+    async fn prune(&self) -> Result<u64, StoreError> {
+        (**self).prune().await
+    }
+}
+
+/// Runs [`BudgetStore::prune`] every `every` until the returned handle is aborted or dropped
+/// with the runtime. Failures are logged and retried at the next tick.
+pub fn spawn_pruner<S: BudgetStore + ?Sized>(
+    store: Arc<S>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "pruned old ledger entries"),
+                Err(e) => tracing::warn!(error = %e, "ledger prune failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_rule() {
+        // (previous, reported, delta)
+        for (prev, rep, want) in [
+            (0, 0, 0),
+            (0, 100, 100),
+            (100, 150, 50),
+            (150, 150, 0),
+            (150, 40, 40), // reset: the agent's counter started over
+            (150, 0, 0),   // 0 = nothing to report
+            (0, MAX_REPORTED_CENTS, MAX_REPORTED_CENTS),
+        ] {
+            assert_eq!(derive_delta(prev, rep), want, "prev {prev} reported {rep}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_clamps() {
+        let ws = WorkspaceId::new("w").unwrap();
+        assert_eq!(Heartbeat::new(ws.clone(), Some(-5), None).reported_cents(), 0);
+        assert_eq!(Heartbeat::new(ws.clone(), None, None).reported_cents(), 0);
+        assert_eq!(
+            Heartbeat::new(ws.clone(), Some(i64::MAX), None).reported_cents(),
+            MAX_REPORTED_CENTS
+        );
+        assert_eq!(Heartbeat::new(ws, Some(42), Some(1)).reported_cents(), 42);
+    }
+
+    #[test]
+    fn status_lines() {
+        let status = BudgetStatus {
+            limits: Limits::none().with(Period::HOURLY, Some(100)),
+            spend: Spend::from_fn(|_| 130),
+        };
+        let hourly = status.period(Period::HOURLY);
+        assert_eq!((hourly.limit, hourly.spend, hourly.remaining), (Some(100), 130, Some(-30)));
+        assert_eq!(status.period(Period::DAILY).remaining, None);
+        assert_eq!(status.exceeded_periods(), [Period::HOURLY]);
+        assert_eq!(status.periods().count(), Period::all().len());
+    }
+}

@@ -1,0 +1,5 @@
+//! The one test harness: a real PostgreSQL (see `pg`) and the store conformance suite.
+#![allow(dead_code, unused_imports, unused_macros)]
+
+pub mod conformance;
+pub mod pg;

@@ -1,0 +1,169 @@
+//! A real PostgreSQL for tests and benches: `DATABASE_URL` when set (read at run time), else a
+//! throwaway server this process starts once and a watchdog removes when the process exits.
+//! Each caller gets its own schema, so tests never see each other's rows.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use tower_budget::store::postgres::deadpool_postgres::Pool;
+use tower_budget::store::postgres::{migrate, PoolOptions};
+
+/// The server's URL (an admin connection to its default database).
+pub fn database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => start_throwaway_server(),
+    })
+    .clone()
+}
+
+/// A fresh, empty schema on the test server.
+pub async fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let schema = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..)
+    );
+    admin_execute(&format!("CREATE SCHEMA {schema}")).await;
+    schema
+}
+
+/// Runs `sql` on an admin connection.
+pub async fn admin_execute(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let conn = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = conn.await;
+}
+
+/// A pool on a schema of its own, not migrated.
+pub async fn pool_in(schema: &str, max_size: usize) -> Pool {
+    let mut options = PoolOptions::default().with_schema(schema);
+    options.max_size = max_size;
+    options.build(&database_url()).expect("pool")
+}
+
+/// A pool on a fresh, migrated schema.
+pub async fn migrated_pool() -> Pool {
+    let pool = pool_in(&fresh_schema().await, 16).await;
+    migrate(&pool).await.expect("migrate");
+    pool
+}
+
+fn start_throwaway_server() -> String {
+    let bindir = find_bindir().expect(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: set DATABASE_URL, or run \
+         scripts/test, which installs them",
+    );
+    let as_root = run_output(Command::new("id").arg("-u")).trim() == "0";
+    let dir = std::env::temp_dir().join(format!(
+        "tower-budget-pg-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("create the server's directory");
+    if as_root {
+        // PostgreSQL refuses to run as root: hand the directory to the `postgres` user.
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
+    }
+    let data = dir.join("data");
+    let pg_ctl = bindir.join("pg_ctl");
+    run(&mut as_server_user(as_root, &bindir.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
+    let port = free_port();
+    let server_options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+         -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        dir.display()
+    );
+    run(&mut as_server_user(as_root, &pg_ctl)
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-w", "-t", "60", "-o", &server_options, "start"]));
+    // The server outlives a test binary unless something stops it: a watchdog polls for this
+    // process and then stops the server and removes its files.
+    let watchdog = format!(
+        "while [ -d /proc/{pid} ]; do sleep 1; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+        pid = std::process::id(),
+        pg_ctl = pg_ctl.display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let mut sh = if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh", "-c", &watchdog]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &watchdog]);
+        c
+    };
+    use std::os::unix::process::CommandExt;
+    sh.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    sh.spawn().expect("start the server watchdog");
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+fn as_server_user(as_root: bool, program: &Path) -> Command {
+    if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// `initdb` on PATH, or the newest Debian server under /usr/lib/postgresql/<version>/bin.
+fn find_bindir() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| d.join("initdb").is_file()) {
+            // Follow a symlink on PATH to the real bindir, where pg_ctl and postgres sit too.
+            let real = std::fs::canonicalize(dir.join("initdb")).ok()?;
+            return real.parent().map(Path::to_path_buf);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run_output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
