@@ -56,7 +56,12 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-async fn report<S: BudgetStore>(store: &S, w: &WorkspaceId, cents: i64, seq: Option<u64>) -> HeartbeatOutcome {
+async fn report<S: BudgetStore>(
+    store: &S,
+    w: &WorkspaceId,
+    cents: i64,
+    seq: Option<u64>,
+) -> HeartbeatOutcome {
     store
         .record_heartbeat(&Heartbeat::new(w.clone(), Some(cents), seq))
         .await
@@ -64,15 +69,23 @@ async fn report<S: BudgetStore>(store: &S, w: &WorkspaceId, cents: i64, seq: Opt
 }
 
 fn recorded(delta: i64) -> HeartbeatOutcome {
-    HeartbeatOutcome { recorded_delta_cents: delta, stale: false }
+    HeartbeatOutcome {
+        recorded_delta_cents: delta,
+        stale: false,
+    }
 }
 
-const STALE: HeartbeatOutcome = HeartbeatOutcome { recorded_delta_cents: 0, stale: true };
+const STALE: HeartbeatOutcome = HeartbeatOutcome {
+    recorded_delta_cents: 0,
+    stale: true,
+};
 
 fn limits(pairs: &[(Period, i64)]) -> LimitsPatch {
     pairs
         .iter()
-        .try_fold(LimitsPatch::new(), |p, &(period, c)| p.with(period, Some(c)))
+        .try_fold(LimitsPatch::new(), |p, &(period, c)| {
+            p.with(period, Some(c))
+        })
         .unwrap()
 }
 
@@ -80,13 +93,21 @@ pub async fn unknown_workspace_is_not_found<S: BudgetStore>(store: S, _clock: Ma
     let w = ws("nobody");
     assert!(matches!(store.status(&w).await, Err(StoreError::NotFound)));
     assert!(matches!(store.limits(&w).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.patch_limits(&w, &LimitsPatch::new()).await, Err(StoreError::NotFound)));
     assert!(matches!(
-        store.record_heartbeat(&Heartbeat::new(w.clone(), Some(5), None)).await,
+        store.patch_limits(&w, &LimitsPatch::new()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .record_heartbeat(&Heartbeat::new(w.clone(), Some(5), None))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(store.remove(&w).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.retry_after(&w, &Limits::none()).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.retry_after(&w, &Limits::none()).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(store.list_workspaces(None, 10).await.unwrap().is_empty());
 }
 
@@ -97,19 +118,29 @@ pub async fn register_remove_and_return<S: BudgetStore>(store: S, clock: ManualC
     store.register(&w).await.unwrap(); // idempotent
     let fresh = store.status(&w).await.unwrap();
     assert!(fresh.limits.is_empty());
-    assert!(fresh.periods().all(|p| p.spend == 0 && p.remaining.is_none()));
+    assert!(fresh
+        .periods()
+        .all(|p| p.spend == 0 && p.remaining.is_none()));
 
-    store.patch_limits(&w, &limits(&[(Period::HOURLY, 100)])).await.unwrap();
+    store
+        .patch_limits(&w, &limits(&[(Period::HOURLY, 100)]))
+        .await
+        .unwrap();
     assert_eq!(report(&store, &w, 40, Some(3)).await, recorded(40));
 
     store.remove(&w).await.unwrap();
     assert!(matches!(store.status(&w).await, Err(StoreError::NotFound)));
     assert!(matches!(store.limits(&w).await, Err(StoreError::NotFound)));
     assert!(matches!(
-        store.record_heartbeat(&Heartbeat::new(w.clone(), Some(50), Some(4))).await,
+        store
+            .record_heartbeat(&Heartbeat::new(w.clone(), Some(50), Some(4)))
+            .await,
         Err(StoreError::NotFound)
     ));
-    assert!(matches!(store.remove(&w).await, Err(StoreError::NotFound)), "second remove");
+    assert!(
+        matches!(store.remove(&w).await, Err(StoreError::NotFound)),
+        "second remove"
+    );
     assert!(store.list_workspaces(None, 10).await.unwrap().is_empty());
 
     // Registering again brings everything back: limits, ledger, previous report and seq.
@@ -118,7 +149,11 @@ pub async fn register_remove_and_return<S: BudgetStore>(store: S, clock: ManualC
     assert_eq!(back.limits.get(Period::HOURLY), Some(100));
     assert_eq!(back.spend[Period::HOURLY], 40);
     assert_eq!(report(&store, &w, 50, Some(3)).await, STALE, "seq kept");
-    assert_eq!(report(&store, &w, 50, Some(4)).await, recorded(10), "previous kept");
+    assert_eq!(
+        report(&store, &w, 50, Some(4)).await,
+        recorded(10),
+        "previous kept"
+    );
     assert_eq!(store.list_workspaces(None, 10).await.unwrap(), [w]);
 }
 
@@ -126,10 +161,20 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
     let w = ws("ws-1");
     store.register(&w).await.unwrap();
     let after = store
-        .patch_limits(&w, &limits(&[(Period::HOURLY, 100), (Period::DAILY, 500), (Period::MONTHLY, 0)]))
+        .patch_limits(
+            &w,
+            &limits(&[
+                (Period::HOURLY, 100),
+                (Period::DAILY, 500),
+                (Period::MONTHLY, 0),
+            ]),
+        )
         .await
         .unwrap();
-    assert_eq!(after.to_json(), serde_json::json!({"hourly": 100, "daily": 500, "monthly": 0}));
+    assert_eq!(
+        after.to_json(),
+        serde_json::json!({"hourly": 100, "daily": 500, "monthly": 0})
+    );
 
     let patch = LimitsPatch::new()
         .with(Period::DAILY, None)
@@ -137,13 +182,26 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
         .with(Period::WEEKLY, Some(7_000))
         .unwrap();
     let after = store.patch_limits(&w, &patch).await.unwrap();
-    assert_eq!(after.to_json(), serde_json::json!({"hourly": 100, "weekly": 7000, "monthly": 0}));
+    assert_eq!(
+        after.to_json(),
+        serde_json::json!({"hourly": 100, "weekly": 7000, "monthly": 0})
+    );
     assert_eq!(store.limits(&w).await.unwrap(), after);
 
-    let after = store.patch_limits(&w, &LimitsPatch::legacy_monthly(Some(2_000)).unwrap()).await.unwrap();
+    let after = store
+        .patch_limits(&w, &LimitsPatch::legacy_monthly(Some(2_000)).unwrap())
+        .await
+        .unwrap();
     assert_eq!(after.get(Period::MONTHLY), Some(2_000));
-    assert_eq!(after.get(Period::HOURLY), Some(100), "legacy patch touches monthly only");
-    let after = store.patch_limits(&w, &LimitsPatch::legacy_monthly(None).unwrap()).await.unwrap();
+    assert_eq!(
+        after.get(Period::HOURLY),
+        Some(100),
+        "legacy patch touches monthly only"
+    );
+    let after = store
+        .patch_limits(&w, &LimitsPatch::legacy_monthly(None).unwrap())
+        .await
+        .unwrap();
     assert_eq!(after.get(Period::MONTHLY), None);
     assert_eq!(store.status(&w).await.unwrap().limits, after);
 
@@ -165,7 +223,9 @@ pub async fn concurrent_patches_of_different_periods_both_survive<S: BudgetStore
             .map(|p| {
                 let (store, w) = (store.clone(), w.clone());
                 tokio::spawn(async move {
-                    store.patch_limits(&w, &limits(&[(p, round * 10 + p.index() as i64)])).await
+                    store
+                        .patch_limits(&w, &limits(&[(p, round * 10 + p.index() as i64)]))
+                        .await
                 })
             })
             .collect();
@@ -174,7 +234,11 @@ pub async fn concurrent_patches_of_different_periods_both_survive<S: BudgetStore
         }
         let now = store.limits(&w).await.unwrap();
         for p in Period::all() {
-            assert_eq!(now.get(p), Some(round * 10 + p.index() as i64), "round {round}, {p}");
+            assert_eq!(
+                now.get(p),
+                Some(round * 10 + p.index() as i64),
+                "round {round}, {p}"
+            );
         }
     }
 }
@@ -184,27 +248,34 @@ pub async fn heartbeat_delta_reset_clamp_and_zero<S: BudgetStore>(store: S, cloc
     let w = ws("ws-1");
     store.register(&w).await.unwrap();
     let steps: &[(i64, i64)] = &[
-        (100, 100),                                    // first report: all of it is new
-        (150, 50),                                     // cumulative grows
-        (150, 0),                                      // same report again
-        (0, 0),                                        // 0 = nothing to report...
-        (160, 10),                                     // ...and did not clear previous
-        (40, 40),                                      // lower: the agent's counter was reset
-        (-7, 0),                                       // negative clamps to 0
-        (45, 5),                                       // previous is still 40
-        (i64::MAX, MAX_REPORTED_CENTS - 45),           // clamped to the $10 B cap
+        (100, 100),                          // first report: all of it is new
+        (150, 50),                           // cumulative grows
+        (150, 0),                            // same report again
+        (0, 0),                              // 0 = nothing to report...
+        (160, 10),                           // ...and did not clear previous
+        (40, 40),                            // lower: the agent's counter was reset
+        (-7, 0),                             // negative clamps to 0
+        (45, 5),                             // previous is still 40
+        (i64::MAX, MAX_REPORTED_CENTS - 45), // clamped to the $10 B cap
         (MAX_REPORTED_CENTS, 0),
     ];
     let mut total = 0;
     for &(reported, want) in steps {
         clock.advance(secs(1));
-        assert_eq!(report(&store, &w, reported, None).await, recorded(want), "report {reported}");
+        assert_eq!(
+            report(&store, &w, reported, None).await,
+            recorded(want),
+            "report {reported}"
+        );
         total += want;
     }
     let status = store.status(&w).await.unwrap();
     assert!(Period::all().all(|p| status.spend[p] == total));
     // `None` is "nothing to report" too.
-    let none = store.record_heartbeat(&Heartbeat::new(w.clone(), None, None)).await.unwrap();
+    let none = store
+        .record_heartbeat(&Heartbeat::new(w.clone(), None, None))
+        .await
+        .unwrap();
     assert_eq!(none, recorded(0));
 }
 
@@ -217,12 +288,36 @@ pub async fn heartbeat_seq<S: BudgetStore>(store: S, clock: ManualClock) {
     assert_eq!(report(&store, &w, 300, Some(3)).await, STALE, "older");
     // A stale report changed nothing: the next delta is still against 100.
     assert_eq!(report(&store, &w, 120, Some(6)).await, recorded(20));
-    assert_eq!(report(&store, &w, 50, Some(7)).await, recorded(50), "lower value, new seq: reset");
-    assert_eq!(report(&store, &w, 0, Some(8)).await, recorded(0), "0 records nothing");
-    assert_eq!(report(&store, &w, 60, Some(8)).await, STALE, "...but seq 8 was accepted");
-    assert_eq!(report(&store, &w, 60, None).await, recorded(10), "no seq: rules alone");
-    assert_eq!(report(&store, &w, 61, Some(9)).await, recorded(1), "seq still counts after");
-    assert_eq!(report(&store, &w, 70, Some(u64::MAX)).await, recorded(9), "full u64 range");
+    assert_eq!(
+        report(&store, &w, 50, Some(7)).await,
+        recorded(50),
+        "lower value, new seq: reset"
+    );
+    assert_eq!(
+        report(&store, &w, 0, Some(8)).await,
+        recorded(0),
+        "0 records nothing"
+    );
+    assert_eq!(
+        report(&store, &w, 60, Some(8)).await,
+        STALE,
+        "...but seq 8 was accepted"
+    );
+    assert_eq!(
+        report(&store, &w, 60, None).await,
+        recorded(10),
+        "no seq: rules alone"
+    );
+    assert_eq!(
+        report(&store, &w, 61, Some(9)).await,
+        recorded(1),
+        "seq still counts after"
+    );
+    assert_eq!(
+        report(&store, &w, 70, Some(u64::MAX)).await,
+        recorded(9),
+        "full u64 range"
+    );
     assert_eq!(report(&store, &w, 80, Some(u64::MAX)).await, STALE);
     assert_eq!(report(&store, &w, 80, Some(u64::MAX - 1)).await, STALE);
     let status = store.status(&w).await.unwrap();
@@ -237,7 +332,13 @@ pub async fn windows_are_trailing_and_half_open<S: BudgetStore>(store: S, clock:
     let now = t0();
     let ago = |s: u64| now - chrono::Duration::seconds(s as i64);
     let mut cumulative = 0;
-    for (at, delta) in [(ago(40 * 86_400), 10), (ago(10 * 86_400), 20), (ago(2 * 86_400), 30), (ago(7_200), 40), (ago(600), 50)] {
+    for (at, delta) in [
+        (ago(40 * 86_400), 10),
+        (ago(10 * 86_400), 20),
+        (ago(2 * 86_400), 30),
+        (ago(7_200), 40),
+        (ago(600), 50),
+    ] {
         clock.set(at);
         cumulative += delta;
         assert_eq!(report(&store, &w, cumulative, None).await, recorded(delta));
@@ -260,7 +361,10 @@ pub async fn windows_are_trailing_and_half_open<S: BudgetStore>(store: S, clock:
     assert_eq!(store.status(&w).await.unwrap().spend[Period::HOURLY], 0);
 }
 
-pub async fn retry_after_is_when_enough_spend_ages_out<S: BudgetStore>(store: S, clock: ManualClock) {
+pub async fn retry_after_is_when_enough_spend_ages_out<S: BudgetStore>(
+    store: S,
+    clock: ManualClock,
+) {
     let w = ws("ws-1");
     store.register(&w).await.unwrap();
     let now = t0();
@@ -288,7 +392,10 @@ pub async fn retry_after_is_when_enough_spend_ages_out<S: BudgetStore>(store: S,
     let wait = store.retry_after(&w, &over).await.unwrap();
     assert_eq!(wait[Period::HOURLY], Some(Duration::from_millis(599_750)));
     // No limit given → no answer.
-    assert_eq!(store.retry_after(&w, &Limits::none()).await.unwrap()[Period::HOURLY], None);
+    assert_eq!(
+        store.retry_after(&w, &Limits::none()).await.unwrap()[Period::HOURLY],
+        None
+    );
 }
 
 pub async fn prune_drops_only_what_no_window_needs<S: BudgetStore>(store: S, clock: ManualClock) {
@@ -310,7 +417,11 @@ pub async fn prune_drops_only_what_no_window_needs<S: BudgetStore>(store: S, clo
     let pruned = store.prune().await.unwrap();
     assert!((1..=3).contains(&pruned), "pruned {pruned}");
     assert_eq!(store.prune().await.unwrap(), 0, "nothing left to prune");
-    assert_eq!(store.status(&w).await.unwrap(), before, "windows unchanged by pruning");
+    assert_eq!(
+        store.status(&w).await.unwrap(),
+        before,
+        "windows unchanged by pruning"
+    );
     // The entry at −34 days is within retention and still there: five days earlier the
     // monthly window (−35 d, −5 d] holds it and the one at −29 days.
     clock.set(now - chrono::Duration::days(5));
@@ -323,17 +434,39 @@ pub async fn list_pages_in_id_order<S: BudgetStore>(store: S, _clock: ManualCloc
     }
     store.remove(&ws("c")).await.unwrap();
     let ids = |v: Vec<WorkspaceId>| v.iter().map(|w| w.as_str().to_owned()).collect::<Vec<_>>();
-    assert_eq!(ids(store.list_workspaces(None, 100).await.unwrap()), ["a", "b", "d", "e"]);
-    assert_eq!(ids(store.list_workspaces(None, 2).await.unwrap()), ["a", "b"]);
-    assert_eq!(ids(store.list_workspaces(Some(&ws("b")), 2).await.unwrap()), ["d", "e"]);
-    assert_eq!(ids(store.list_workspaces(Some(&ws("bb")), 1).await.unwrap()), ["d"]);
-    assert!(store.list_workspaces(Some(&ws("e")), 2).await.unwrap().is_empty());
+    assert_eq!(
+        ids(store.list_workspaces(None, 100).await.unwrap()),
+        ["a", "b", "d", "e"]
+    );
+    assert_eq!(
+        ids(store.list_workspaces(None, 2).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        ids(store.list_workspaces(Some(&ws("b")), 2).await.unwrap()),
+        ["d", "e"]
+    );
+    assert_eq!(
+        ids(store.list_workspaces(Some(&ws("bb")), 1).await.unwrap()),
+        ["d"]
+    );
+    assert!(store
+        .list_workspaces(Some(&ws("e")), 2)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Random ledgers with events right at window edges, at hour boundaries and in the future of
 /// the check, and a random `now`: spend per window and retry-after equal brute force.
-pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(store: S, clock: ManualClock) {
-    let seed = std::env::var("EXACTNESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(
+    store: S,
+    clock: ManualClock,
+) {
+    let seed = std::env::var("EXACTNESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let us = chrono::Duration::microseconds;
     for case in 0..40 {
@@ -346,11 +479,21 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(store: 
             times.extend([edge - us(1), edge, edge + us(1)]);
         }
         let hour = now - us(now.timestamp_micros() % 3_600_000_000);
-        times.extend((0..5).map(|h| hour - chrono::Duration::hours(rng.i64(0..800)) + chrono::Duration::hours(h)));
-        times.extend((0..rng.usize(0..30)).map(|_| now - us(rng.i64(-3_600_000_000..33 * 86_400_000_000))));
+        times.extend(
+            (0..5).map(|h| {
+                hour - chrono::Duration::hours(rng.i64(0..800)) + chrono::Duration::hours(h)
+            }),
+        );
+        times.extend(
+            (0..rng.usize(0..30)).map(|_| now - us(rng.i64(-3_600_000_000..33 * 86_400_000_000))),
+        );
         // Not every candidate happens; some happen twice at the same instant.
         times.retain(|_| rng.u8(0..4) != 0);
-        let dup: Vec<_> = times.iter().filter(|_| rng.u8(0..8) == 0).copied().collect();
+        let dup: Vec<_> = times
+            .iter()
+            .filter(|_| rng.u8(0..8) == 0)
+            .copied()
+            .collect();
         times.extend(dup);
         times.sort();
 
@@ -368,7 +511,11 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(store: 
         let mut over = Limits::none();
         for p in Period::all() {
             let lo = now - chrono::Duration::from_std(p.window()).unwrap();
-            let spend: i64 = ledger.iter().filter(|(at, _)| *at > lo && *at <= now).map(|(_, d)| d).sum();
+            let spend: i64 = ledger
+                .iter()
+                .filter(|(at, _)| *at > lo && *at <= now)
+                .map(|(_, d)| d)
+                .sum();
             assert_eq!(status.spend[p], spend, "seed {seed}, case {case}, {p}");
             if spend > 0 {
                 over = over.with(p, Some(rng.i64(1..=spend)));
@@ -376,7 +523,9 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(store: 
         }
         let wait = store.retry_after(&w, &over).await.unwrap();
         for p in Period::all() {
-            let want = over.get(p).map(|limit| brute_force_wait(&ledger, now, p, limit));
+            let want = over
+                .get(p)
+                .map(|limit| brute_force_wait(&ledger, now, p, limit));
             assert_eq!(wait[p], want, "seed {seed}, case {case}, {p} retry-after");
         }
     }
@@ -384,10 +533,19 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(store: 
 
 /// The earliest future instant, among "an entry leaves the window", at which the window's spend
 /// (entries up to `now` only: no new spend) is below `limit`.
-fn brute_force_wait(ledger: &[(DateTime<Utc>, i64)], now: DateTime<Utc>, p: Period, limit: i64) -> Duration {
+fn brute_force_wait(
+    ledger: &[(DateTime<Utc>, i64)],
+    now: DateTime<Utc>,
+    p: Period,
+    limit: i64,
+) -> Duration {
     let window = chrono::Duration::from_std(p.window()).unwrap();
     let spend_at = |t: DateTime<Utc>| -> i64 {
-        ledger.iter().filter(|(at, _)| *at > t - window && *at <= now).map(|(_, d)| d).sum()
+        ledger
+            .iter()
+            .filter(|(at, _)| *at > t - window && *at <= now)
+            .map(|(_, d)| d)
+            .sum()
     };
     ledger
         .iter()
@@ -415,7 +573,11 @@ pub async fn concurrent_seq_heartbeats_count_exactly<S: BudgetStore>(store: S, c
                 let mut recorded = 0;
                 for seq in mine {
                     let hb = Heartbeat::new(w.clone(), Some(10 * seq as i64), Some(seq));
-                    recorded += store.record_heartbeat(&hb).await.unwrap().recorded_delta_cents;
+                    recorded += store
+                        .record_heartbeat(&hb)
+                        .await
+                        .unwrap()
+                        .recorded_delta_cents;
                 }
                 recorded
             })
@@ -426,7 +588,11 @@ pub async fn concurrent_seq_heartbeats_count_exactly<S: BudgetStore>(store: S, c
         total += t.await.unwrap();
     }
     assert_eq!(total, 10 * N as i64, "sum of recorded deltas");
-    assert_eq!(store.status(&w).await.unwrap().spend[Period::HOURLY], 10 * N as i64, "ledger");
+    assert_eq!(
+        store.status(&w).await.unwrap().spend[Period::HOURLY],
+        10 * N as i64,
+        "ledger"
+    );
 }
 
 /// 30 identical reports without seq at the same moment count once.

@@ -2,4 +2,5 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod conformance;
+#[cfg(feature = "postgres")]
 pub mod pg;

@@ -40,7 +40,10 @@ pub async fn admin_execute(sql: &str) {
         .await
         .expect("connect to the test PostgreSQL");
     let conn = tokio::spawn(conn);
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     drop(client);
     let _ = conn.await;
 }
@@ -73,28 +76,35 @@ fn start_throwaway_server() -> String {
     std::fs::create_dir_all(&dir).expect("create the server's directory");
     if as_root {
         // PostgreSQL refuses to run as root: hand the directory to the `postgres` user.
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir));
     }
     let data = dir.join("data");
     let pg_ctl = bindir.join("pg_ctl");
-    run(&mut as_server_user(as_root, &bindir.join("initdb"))
+    run(as_server_user(as_root, &bindir.join("initdb"))
         .arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
     let port = free_port();
-    let server_options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-         -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+    let mut server_options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
         dir.display()
     );
-    run(&mut as_server_user(as_root, &pg_ctl)
+    // Tests need no durability, and skipping fsync makes them faster. Benches set PG_DURABLE=1
+    // to measure the server's default, crash-safe settings.
+    if std::env::var_os("PG_DURABLE").is_none() {
+        server_options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+    }
+    run(as_server_user(as_root, &pg_ctl)
         .arg("-D")
         .arg(&data)
         .arg("-l")
         .arg(dir.join("server.log"))
         .args(["-w", "-t", "60", "-o", &server_options, "start"]));
     // The server outlives a test binary unless something stops it: a watchdog polls for this
-    // process and then stops the server and removes its files.
+    // process and then stops the server and removes its files. It checks /proc rather than
+    // `kill -0`, which an unprivileged watchdog cannot send to a root test process.
     let watchdog = format!(
         "while [ -d /proc/{pid} ]; do sleep 1; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
         pid = std::process::id(),
@@ -112,8 +122,12 @@ fn start_throwaway_server() -> String {
         c
     };
     use std::os::unix::process::CommandExt;
-    sh.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-    sh.spawn().expect("start the server watchdog");
+    sh.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // Deliberately not waited for: it must outlive this process to clean up after it.
+    std::mem::forget(sh.spawn().expect("start the server watchdog"));
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
@@ -150,7 +164,11 @@ fn find_bindir() -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(cmd: &mut Command) {
@@ -166,4 +184,39 @@ fn run(cmd: &mut Command) {
 fn run_output(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Appends `events` ledger entries of 7 cents each for `workspace` (registered if needed),
+/// spread evenly over the `span_secs` before `end`, as heartbeats would have left them.
+/// Bulk SQL: far faster than heartbeats for building large ledgers.
+pub async fn seed_ledger(
+    client: &tokio_postgres::Client,
+    workspace: &str,
+    events: i64,
+    span_secs: f64,
+    end: chrono::DateTime<chrono::Utc>,
+) {
+    client
+        .execute(
+            "INSERT INTO workspaces (id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&workspace],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO workspace_spend_events (workspace_id, occurred_at, delta_cents, total_cents)
+             SELECT $1, $2::TIMESTAMPTZ - ($3 - i) * ($4::FLOAT8 / $3) * interval '1 second', 7, 7 * i
+             FROM generate_series(1::BIGINT, $3) AS i",
+            &[&workspace, &end, &events, &span_secs],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE workspaces SET spend_total_cents = 7 * $2::BIGINT, spend_last_at = $3 WHERE id = $1",
+            &[&workspace, &events, &end],
+        )
+        .await
+        .unwrap();
 }

@@ -41,6 +41,12 @@ mod sql;
 pub use deadpool_postgres;
 pub use migrate::{migrate, MigrateError};
 
+/// The statement [`BudgetStore::status`] runs (`$1` workspace id, `$2` now), for `EXPLAIN`
+/// and monitoring. It is built once from the period table.
+pub fn status_sql() -> &'static str {
+    &sql::STATUS
+}
+
 /// How ledger entries are pruned: this many per statement, so no statement holds locks long.
 const PRUNE_BATCH: i64 = 5_000;
 
@@ -106,9 +112,14 @@ impl PoolOptions {
     /// [`PoolConfigError`] for a malformed URL or schema name.
     pub fn build(&self, url: &str) -> Result<Pool, PoolConfigError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(PoolConfigError::Url)?;
-        let mut options = format!("-c statement_timeout={}", self.statement_timeout.as_millis());
+        let mut options = format!(
+            "-c statement_timeout={}",
+            self.statement_timeout.as_millis()
+        );
         if let Some(schema) = &self.schema {
-            let plain = schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            let plain = schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && schema.chars().next().is_some_and(|c| !c.is_ascii_digit());
             if !plain {
                 return Err(PoolConfigError::Schema);
@@ -120,7 +131,9 @@ impl PoolOptions {
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
         );
         Ok(Pool::builder(manager)
             .max_size(self.max_size)
@@ -145,7 +158,10 @@ pub struct PgStore {
 impl PgStore {
     /// A store on `pool`, whose database has been [`migrate`]d.
     pub fn new(pool: Pool) -> Self {
-        PgStore { pool, clock: Arc::new(SystemClock) }
+        PgStore {
+            pool,
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Uses `clock` for ledger timestamps and window ends (tests inject a `ManualClock`).
@@ -189,7 +205,10 @@ impl BudgetStore for PgStore {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql::REGISTER).await.map_err(db)?;
-        client.execute(&stmt, &[&workspace.as_str()]).await.map_err(db)?;
+        client
+            .execute(&stmt, &[&workspace.as_str()])
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -197,7 +216,11 @@ impl BudgetStore for PgStore {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql::REMOVE).await.map_err(db)?;
         let now = self.clock.now();
-        match client.execute(&stmt, &[&workspace.as_str(), &now]).await.map_err(db)? {
+        match client
+            .execute(&stmt, &[&workspace.as_str(), &now])
+            .await
+            .map_err(db)?
+        {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),
         }
@@ -215,14 +238,23 @@ impl BudgetStore for PgStore {
     ) -> Result<Limits, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let read = tx.prepare_cached(sql::LIMITS_FOR_UPDATE).await.map_err(db)?;
-        let row = tx.query_opt(&read, &[&workspace.as_str()]).await.map_err(db)?;
+        let read = tx
+            .prepare_cached(sql::LIMITS_FOR_UPDATE)
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_opt(&read, &[&workspace.as_str()])
+            .await
+            .map_err(db)?;
         let limits = limits_of(&row.ok_or(StoreError::NotFound)?).patched(patch);
         let write = tx.prepare_cached(sql::WRITE_LIMITS).await.map_err(db)?;
         let legacy_monthly = limits.get(Period::MONTHLY);
-        tx.execute(&write, &[&workspace.as_str(), &limits.to_json(), &legacy_monthly])
-            .await
-            .map_err(db)?;
+        tx.execute(
+            &write,
+            &[&workspace.as_str(), &limits.to_json(), &legacy_monthly],
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(limits)
     }
@@ -285,7 +317,10 @@ impl BudgetStore for PgStore {
         if !row.get::<_, bool>(0) {
             return Err(StoreError::NotFound);
         }
-        Ok(HeartbeatOutcome { recorded_delta_cents: row.get(1), stale: row.get(2) })
+        Ok(HeartbeatOutcome {
+            recorded_delta_cents: row.get(1),
+            stale: row.get(2),
+        })
     }
 
     async fn list_workspaces(
@@ -301,7 +336,10 @@ impl BudgetStore for PgStore {
             .await
             .map_err(db)?;
         // Ids written by older software that do not validate are left out, not fatal.
-        Ok(rows.iter().filter_map(|r| WorkspaceId::new(r.get(0)).ok()).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| WorkspaceId::new(r.get(0)).ok())
+            .collect())
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {
@@ -309,7 +347,10 @@ impl BudgetStore for PgStore {
             .map_err(|e| StoreError::Refused(e.to_string()))?;
         let cutoff = self.clock.now() - retention;
         let client = self.client().await?;
-        let page = client.prepare_cached(sql::PRUNE_WORKSPACES).await.map_err(db)?;
+        let page = client
+            .prepare_cached(sql::PRUNE_WORKSPACES)
+            .await
+            .map_err(db)?;
         let batch = client.prepare_cached(sql::PRUNE_BATCH).await.map_err(db)?;
         let mut after: Option<String> = None;
         let mut pruned = 0;
