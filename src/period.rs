@@ -30,10 +30,22 @@ struct PeriodDef {
 /// THE period table: name and trailing window. Order is the order of every output.
 /// Adding a period (say `yearly`, 365 days) is one line here.
 const TABLE: &[PeriodDef] = &[
-    PeriodDef { name: "hourly", window_secs: 3_600 },
-    PeriodDef { name: "daily", window_secs: 24 * 3_600 },
-    PeriodDef { name: "weekly", window_secs: 7 * 24 * 3_600 },
-    PeriodDef { name: "monthly", window_secs: 30 * 24 * 3_600 },
+    PeriodDef {
+        name: "hourly",
+        window_secs: 3_600,
+    },
+    PeriodDef {
+        name: "daily",
+        window_secs: 24 * 3_600,
+    },
+    PeriodDef {
+        name: "weekly",
+        window_secs: 7 * 24 * 3_600,
+    },
+    PeriodDef {
+        name: "monthly",
+        window_secs: 30 * 24 * 3_600,
+    },
 ];
 
 /// How many periods the table has.
@@ -107,7 +119,10 @@ impl Period {
 
     /// The allowed names, comma-separated in table order (for error messages).
     pub fn names_list() -> String {
-        Period::all().map(Period::name).collect::<Vec<_>>().join(", ")
+        Period::all()
+            .map(Period::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -327,9 +342,8 @@ impl LimitsPatch {
         };
         let mut patch = LimitsPatch::new();
         for (key, v) in map {
-            let period = Period::from_name(key).ok_or_else(|| LimitsError::UnknownPeriod {
-                name: key.clone(),
-            })?;
+            let period = Period::from_name(key)
+                .ok_or_else(|| LimitsError::UnknownPeriod { name: key.clone() })?;
             let cents = match v {
                 Value::Null => None,
                 Value::Number(n) => Some(integer_cents(n, period)?),
@@ -414,14 +428,35 @@ mod tests {
     #[test]
     fn stored_limits_are_read_tolerantly() {
         let cases: &[(Value, [Option<i64>; 4])] = &[
-            (json!({"hourly": 100, "weekly": 5000}), [Some(100), None, Some(5000), None]),
+            (
+                json!({"hourly": 100, "weekly": 5000}),
+                [Some(100), None, Some(5000), None],
+            ),
             (json!({"monthly": 0}), [None, None, None, Some(0)]),
-            (json!({"hourly": null, "daily": 7}), [None, Some(7), None, None]),
-            (json!({"hourly": -1, "daily": 7}), [None, Some(7), None, None]),
-            (json!({"yearly": 9, "daily": 7}), [None, Some(7), None, None]),
-            (json!({"hourly": 1.5, "daily": "7"}), [None, None, None, None]),
-            (json!({"hourly": true, "daily": [1]}), [None, None, None, None]),
-            (json!({"hourly": 18446744073709551615u64}), [None, None, None, None]),
+            (
+                json!({"hourly": null, "daily": 7}),
+                [None, Some(7), None, None],
+            ),
+            (
+                json!({"hourly": -1, "daily": 7}),
+                [None, Some(7), None, None],
+            ),
+            (
+                json!({"yearly": 9, "daily": 7}),
+                [None, Some(7), None, None],
+            ),
+            (
+                json!({"hourly": 1.5, "daily": "7"}),
+                [None, None, None, None],
+            ),
+            (
+                json!({"hourly": true, "daily": [1]}),
+                [None, None, None, None],
+            ),
+            (
+                json!({"hourly": 18446744073709551615u64}),
+                [None, None, None, None],
+            ),
             (json!([1, 2]), [None, None, None, None]),
             (json!("hourly"), [None, None, None, None]),
             (Value::Null, [None, None, None, None]),
@@ -441,7 +476,8 @@ mod tests {
 
     #[test]
     fn encode_keeps_only_known_non_negative_periods_in_table_order() {
-        let limits = Limits::from_stored(&json!({"monthly": 2000, "bogus": 1, "hourly": 0, "daily": -3}));
+        let limits =
+            Limits::from_stored(&json!({"monthly": 2000, "bogus": 1, "hourly": 0, "daily": -3}));
         let encoded = limits.to_json();
         assert_eq!(encoded, json!({"hourly": 0, "monthly": 2000}));
         assert_eq!(
@@ -461,7 +497,10 @@ mod tests {
         let spend = Spend::from_fn(|p| [99, 0, 1000, 1_000_000][p.index()]);
         // hourly 99 < 100: fine; daily limit 0 blocks all even with no spend; weekly reached;
         // monthly has no limit whatever the spend.
-        assert_eq!(exceeded_periods(&limits, &spend), [Period::DAILY, Period::WEEKLY]);
+        assert_eq!(
+            exceeded_periods(&limits, &spend),
+            [Period::DAILY, Period::WEEKLY]
+        );
         assert!(exceeded_periods(&Limits::none(), &spend).is_empty());
         assert!(!is_exceeded(None, i64::MAX));
         assert!(is_exceeded(Some(0), 0));
@@ -475,9 +514,13 @@ mod tests {
             .with(Period::HOURLY, Some(100))
             .with(Period::DAILY, Some(500))
             .with(Period::MONTHLY, Some(9000));
-        let patch = LimitsPatch::from_json(&json!({"hourly": 50, "daily": null, "weekly": 0})).unwrap();
+        let patch =
+            LimitsPatch::from_json(&json!({"hourly": 50, "daily": null, "weekly": 0})).unwrap();
         let merged = stored.patched(&patch);
-        assert_eq!(merged.to_json(), json!({"hourly": 50, "weekly": 0, "monthly": 9000}));
+        assert_eq!(
+            merged.to_json(),
+            json!({"hourly": 50, "weekly": 0, "monthly": 9000})
+        );
         assert_eq!(stored.patched(&LimitsPatch::new()), stored);
         let legacy = LimitsPatch::legacy_monthly(None).unwrap();
         assert_eq!(merged.patched(&legacy).get(Period::MONTHLY), None);
@@ -489,14 +532,20 @@ mod tests {
         let bad: &[(Value, &str)] = &[
             (json!([1]), "must be a JSON object"),
             (json!(5), "must be a JSON object"),
-            (json!({"yearly": 1}), "unknown period \"yearly\"; allowed periods: hourly, daily, weekly, monthly"),
+            (
+                json!({"yearly": 1}),
+                "unknown period \"yearly\"; allowed periods: hourly, daily, weekly, monthly",
+            ),
             (json!({"hourly": -1}), "hourly must be >= 0"),
             (json!({"hourly": 1.5}), "hourly must be an integer"),
             (json!({"hourly": 100.0}), "hourly must be an integer"),
             (json!({"daily": "100"}), "daily must be an integer"),
             (json!({"daily": true}), "daily must be an integer"),
             (json!({"daily": {"x": 1}}), "daily must be an integer"),
-            (json!({"weekly": 9223372036854775808u64}), "weekly is out of range"),
+            (
+                json!({"weekly": 9223372036854775808u64}),
+                "weekly is out of range",
+            ),
             (json!({"weekly": 1e20}), "weekly is out of range"),
             (json!({"hourly": 5, "weekly": -5}), "weekly must be >= 0"),
         ];
@@ -506,7 +555,10 @@ mod tests {
         }
         let big = LimitsPatch::from_json(&json!({"monthly": i64::MAX})).unwrap();
         assert_eq!(big.get(Period::MONTHLY), Some(Some(i64::MAX)));
-        assert_eq!(LimitsPatch::from_json(&json!({})).unwrap(), LimitsPatch::new());
+        assert_eq!(
+            LimitsPatch::from_json(&json!({})).unwrap(),
+            LimitsPatch::new()
+        );
         assert!(LimitsPatch::legacy_monthly(Some(-1)).is_err());
     }
 }

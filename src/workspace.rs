@@ -24,8 +24,14 @@ impl WorkspaceId {
     /// # Errors
     /// [`InvalidWorkspaceId`] when `id` is empty, too long, or has a character outside the set.
     pub fn new(id: &str) -> Result<Self, InvalidWorkspaceId> {
-        let valid_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
-        if id.is_empty() || id.len() > MAX_WORKSPACE_ID_LEN || !id.bytes().all(valid_char) || id == "." || id == ".." {
+        let valid_char =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        if id.is_empty()
+            || id.len() > MAX_WORKSPACE_ID_LEN
+            || !id.bytes().all(valid_char)
+            || id == "."
+            || id == ".."
+        {
             return Err(InvalidWorkspaceId(()));
         }
         Ok(WorkspaceId(Arc::from(id)))
@@ -79,10 +85,25 @@ mod tests {
 
     #[test]
     fn validation() {
-        for ok in ["ws-1", "a", "Team_7.agent:2", &"x".repeat(MAX_WORKSPACE_ID_LEN)] {
+        for ok in [
+            "ws-1",
+            "a",
+            "Team_7.agent:2",
+            &"x".repeat(MAX_WORKSPACE_ID_LEN),
+        ] {
             assert_eq!(WorkspaceId::new(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", "a b", "a/b", "ü", "..", ".", "a\0", "%2F", &"x".repeat(MAX_WORKSPACE_ID_LEN + 1)] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "ü",
+            "..",
+            ".",
+            "a\0",
+            "%2F",
+            &"x".repeat(MAX_WORKSPACE_ID_LEN + 1),
+        ] {
             assert!(WorkspaceId::new(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -7,9 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{
-    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError,
-};
+use super::{derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
@@ -154,7 +152,9 @@ impl BudgetStore for MemoryStore {
         self.with_live(workspace, |ws| {
             Ok(PerPeriod::from_fn(|p| {
                 let limit = over.get(p).filter(|l| *l > 0)?;
-                let leaves_at = ws.ledger.first_entry_above(ws.ledger.total_at(now) - limit)?;
+                let leaves_at = ws
+                    .ledger
+                    .first_entry_above(ws.ledger.total_at(now) - limit)?;
                 let wait = leaves_at + window_micros(p) - now;
                 u64::try_from(wait).ok().map(Duration::from_micros)
             }))
@@ -167,7 +167,10 @@ impl BudgetStore for MemoryStore {
         self.with_live(&hb.workspace, |ws| {
             if let (Some(seq), Some(last)) = (hb.seq, ws.last_seq) {
                 if seq <= last {
-                    return Ok(HeartbeatOutcome { recorded_delta_cents: 0, stale: true });
+                    return Ok(HeartbeatOutcome {
+                        recorded_delta_cents: 0,
+                        stale: true,
+                    });
                 }
             }
             let reported = hb.reported_cents();
@@ -182,7 +185,10 @@ impl BudgetStore for MemoryStore {
             if hb.seq.is_some() {
                 ws.last_seq = hb.seq;
             }
-            Ok(HeartbeatOutcome { recorded_delta_cents: delta, stale: false })
+            Ok(HeartbeatOutcome {
+                recorded_delta_cents: delta,
+                stale: false,
+            })
         })
     }
 
@@ -211,7 +217,12 @@ impl BudgetStore for MemoryStore {
         // One workspace lock at a time: a prune never holds up more than one workspace.
         Ok(all
             .iter()
-            .map(|ws| ws.lock().unwrap_or_else(|e| e.into_inner()).ledger.prune(cutoff))
+            .map(|ws| {
+                ws.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ledger
+                    .prune(cutoff)
+            })
             .sum())
     }
 }
@@ -316,7 +327,11 @@ mod tests {
         let l = ledger(&[(10, 1), (20, 2), (20, 4), (30, 8)]);
         assert_eq!(l.entries.len(), 3, "same instant shares an entry");
         assert_eq!(l.spend(0, 100), 15);
-        assert_eq!(l.spend(10, 30), 14, "left edge excluded, right edge included");
+        assert_eq!(
+            l.spend(10, 30),
+            14,
+            "left edge excluded, right edge included"
+        );
         assert_eq!(l.spend(9, 10), 1);
         assert_eq!(l.spend(20, 29), 0);
         assert_eq!(l.spend(30, 30), 0);

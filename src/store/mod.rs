@@ -194,7 +194,8 @@ pub trait BudgetStore: Send + Sync + 'static {
 
     /// Turns a cumulative report into a ledger increment, atomically: two concurrent reports
     /// never count the same increment, and a stale `seq` changes nothing.
-    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatOutcome, StoreError>;
+    async fn record_heartbeat(&self, heartbeat: &Heartbeat)
+        -> Result<HeartbeatOutcome, StoreError>;
 
     /// Registered (not removed) workspaces in id order, after `after`, at most `limit`.
     async fn list_workspaces(
@@ -236,7 +237,10 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
         (**self).retry_after(workspace, over).await
     }
-    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
+    async fn record_heartbeat(
+        &self,
+        heartbeat: &Heartbeat,
+    ) -> Result<HeartbeatOutcome, StoreError> {
         (**self).record_heartbeat(heartbeat).await
     }
     async fn list_workspaces(
@@ -294,7 +298,10 @@ mod tests {
     #[test]
     fn heartbeat_clamps() {
         let ws = WorkspaceId::new("w").unwrap();
-        assert_eq!(Heartbeat::new(ws.clone(), Some(-5), None).reported_cents(), 0);
+        assert_eq!(
+            Heartbeat::new(ws.clone(), Some(-5), None).reported_cents(),
+            0
+        );
         assert_eq!(Heartbeat::new(ws.clone(), None, None).reported_cents(), 0);
         assert_eq!(
             Heartbeat::new(ws.clone(), Some(i64::MAX), None).reported_cents(),
@@ -310,7 +317,10 @@ mod tests {
             spend: Spend::from_fn(|_| 130),
         };
         let hourly = status.period(Period::HOURLY);
-        assert_eq!((hourly.limit, hourly.spend, hourly.remaining), (Some(100), 130, Some(-30)));
+        assert_eq!(
+            (hourly.limit, hourly.spend, hourly.remaining),
+            (Some(100), 130, Some(-30))
+        );
         assert_eq!(status.period(Period::DAILY).remaining, None);
         assert_eq!(status.exceeded_periods(), [Period::HOURLY]);
         assert_eq!(status.periods().count(), Period::all().len());

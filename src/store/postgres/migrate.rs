@@ -47,7 +47,8 @@ pub enum MigrateError {
 pub async fn migrate(pool: &Pool) -> Result<(), MigrateError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS tower_budget_migrations (
              version    INT PRIMARY KEY,
@@ -102,6 +103,9 @@ mod tests {
             .iter()
             .map(|m| format!("V{}__{}.sql", m.version, m.name))
             .collect();
-        assert_eq!(files, embedded, "every file in migrations/ is embedded, and only those");
+        assert_eq!(
+            files, embedded,
+            "every file in migrations/ is embedded, and only those"
+        );
     }
 }

@@ -12,7 +12,8 @@ pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| {
     let mut joins = String::new();
     for p in Period::all() {
         let (i, secs) = (p.index(), p.window().as_secs());
-        columns += &format!(",\n       COALESCE(last.total_cents - w{i}.before_cents, 0) AS \"{p}\"");
+        columns +=
+            &format!(",\n       COALESCE(last.total_cents - w{i}.before_cents, 0) AS \"{p}\"");
         joins += &format!(
             "\nLEFT JOIN LATERAL (
     SELECT e.total_cents - e.delta_cents AS before_cents
