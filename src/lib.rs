@@ -4,7 +4,7 @@
 //!
 //! Each workspace may have a limit in integer USD cents for every period of the
 //! [period table](period) (hourly, daily, weekly, monthly — trailing windows). Agents report
-//! their cumulative spend in heartbeats; a [store](store) turns the reports into an exact spend
+//! their cumulative spend in heartbeats; a [store] turns the reports into an exact spend
 //! ledger and answers "how much was spent in each window" in one round trip.
 //!
 //! ```
@@ -35,6 +35,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod clock;
+pub mod layer;
 pub mod period;
 pub mod store;
 mod workspace;

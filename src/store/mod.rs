@@ -20,10 +20,12 @@ use async_trait::async_trait;
 use crate::period::{exceeded_periods, Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
+mod cache;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
 pub use memory::MemoryStore;
 
 /// The largest cumulative report accepted: $10 B in cents. Larger reports are clamped to it.

@@ -52,6 +52,19 @@ pub fn ws(id: &str) -> WorkspaceId {
     WorkspaceId::new(id).unwrap()
 }
 
+/// Sets (or with `None` clears) limits of workspace `w` in one patch.
+pub async fn set_limits<S: BudgetStore + ?Sized>(
+    store: &S,
+    w: &str,
+    pairs: &[(Period, Option<i64>)],
+) {
+    let patch = pairs
+        .iter()
+        .try_fold(LimitsPatch::new(), |p, &(period, c)| p.with(period, c))
+        .unwrap();
+    store.patch_limits(&ws(w), &patch).await.unwrap();
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }

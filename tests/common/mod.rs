@@ -2,5 +2,6 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod conformance;
+pub mod fake;
 #[cfg(feature = "postgres")]
 pub mod pg;

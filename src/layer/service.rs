@@ -1,0 +1,82 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use serde_json::json;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::future::ResponseFuture;
+use super::layer::Shared;
+use crate::WorkspaceId;
+
+/// The service [`BudgetLayer`](super::BudgetLayer) produces: checks the request's workspace,
+/// then calls the inner service or answers itself (402, 503, 400).
+#[derive(Clone)]
+pub struct BudgetService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> BudgetService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        BudgetService { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for BudgetService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for BudgetService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        let exempt = self.shared.exempt.as_ref().is_some_and(|e| e(&parts));
+        let workspace = if exempt {
+            None
+        } else {
+            self.shared
+                .resolver
+                .resolve(&parts)
+                .map(|raw| WorkspaceId::new(&raw))
+        };
+        let request = Request::from_parts(parts, body);
+        match workspace {
+            None => ResponseFuture::pass(self.inner.call(request)),
+            Some(Err(e)) => ResponseFuture::respond(super::decision::json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("invalid workspace id: {e}") }),
+                |b| b,
+            )),
+            Some(Ok(workspace)) => {
+                // The inner service was made ready by poll_ready: take that one into the future
+                // and keep a fresh clone here (tower's "be careful when cloning inner services").
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let check = Box::pin(self.shared.clone().decide(workspace));
+                ResponseFuture::check(check, ready, request, self.shared.clone())
+            }
+        }
+    }
+}

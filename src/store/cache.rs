@@ -1,0 +1,306 @@
+//! A caching [`BudgetStore`] wrapper for the request path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use tokio::time::Instant;
+
+use super::{BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError};
+use crate::period::{Limits, LimitsPatch, PerPeriod};
+use crate::WorkspaceId;
+
+/// Default time a cached answer is served.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Default bound on cached workspaces.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
+
+struct Slot<T> {
+    load: Load<T>,
+    started: Instant,
+}
+
+/// Answers [`status`](BudgetStore::status) and [`retry_after`](BudgetStore::retry_after) from
+/// memory for up to a TTL, and is itself a [`BudgetStore`].
+///
+/// - Concurrent misses for one workspace share one call to the inner store. The call runs as its
+///   own task, so a caller that gives up (a timed-out check) does not waste it: the next request
+///   gets its answer.
+/// - "Unknown workspace" is cached like an answer; store errors are not.
+/// - Writes through this store (limits, heartbeats, register, remove) drop the workspace's entries
+///   as soon as the inner write returns, so this process sees its own writes at once. Writes made
+///   by other processes are seen within one TTL.
+/// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
+///   arbitrary one.
+///
+/// Must be used inside a Tokio runtime (loads are spawned).
+pub struct CachingStore<S: ?Sized> {
+    inner: Arc<S>,
+    ttl: Duration,
+    capacity: usize,
+    status: Mutex<Entries<BudgetStatus>>,
+    retry: Mutex<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
+}
+
+struct Entries<T> {
+    map: HashMap<WorkspaceId, Slot<T>>,
+    next_sweep: Instant,
+}
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries {
+            map: HashMap::new(),
+            next_sweep: Instant::now(),
+        }
+    }
+}
+
+impl<S: ?Sized> std::fmt::Debug for CachingStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachingStore")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: BudgetStore + ?Sized> CachingStore<S> {
+    /// Caches `inner`'s answers for `ttl`, for at most `capacity` workspaces.
+    pub fn new(inner: Arc<S>, ttl: Duration, capacity: usize) -> Self {
+        CachingStore {
+            inner,
+            ttl,
+            capacity: capacity.max(1),
+            status: Mutex::default(),
+            retry: Mutex::default(),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+
+    /// Drops everything cached for `workspace`.
+    pub fn invalidate(&self, workspace: &WorkspaceId) {
+        lock(&self.status).map.remove(workspace);
+        lock(&self.retry).map.remove(workspace);
+    }
+
+    /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`.
+    fn load<T, F, Fut>(
+        &self,
+        entries: &Mutex<Entries<T>>,
+        workspace: &WorkspaceId,
+        start: F,
+    ) -> Load<T>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let now = Instant::now();
+        let mut entries = lock(entries);
+        if let Some(slot) = entries.map.get(workspace) {
+            match slot.load.peek() {
+                None => {
+                    metrics::counter!("tower_budget_cache_total", "result" => "coalesced")
+                        .increment(1);
+                    return slot.load.clone();
+                }
+                Some(Ok(_)) if now < slot.started + self.ttl => {
+                    metrics::counter!("tower_budget_cache_total", "result" => "hit").increment(1);
+                    return slot.load.clone();
+                }
+                Some(Err(e))
+                    if matches!(**e, StoreError::NotFound) && now < slot.started + self.ttl =>
+                {
+                    metrics::counter!("tower_budget_cache_total", "result" => "hit").increment(1);
+                    return slot.load.clone();
+                }
+                _ => {}
+            }
+        }
+        metrics::counter!("tower_budget_cache_total", "result" => "miss").increment(1);
+        let task = tokio::spawn(start());
+        let load: Load<T> = async move {
+            match task.await {
+                Ok(result) => result.map_err(Arc::new),
+                Err(e) => Err(Arc::new(StoreError::Refused(format!(
+                    "store call failed: {e}"
+                )))),
+            }
+        }
+        .boxed()
+        .shared();
+        if entries.map.len() >= self.capacity && !entries.map.contains_key(workspace) {
+            self.make_room(&mut entries, now);
+        }
+        entries.map.insert(
+            workspace.clone(),
+            Slot {
+                load: load.clone(),
+                started: now,
+            },
+        );
+        load
+    }
+
+    fn make_room<T>(&self, entries: &mut Entries<T>, now: Instant) {
+        if now >= entries.next_sweep {
+            let ttl = self.ttl;
+            entries
+                .map
+                .retain(|_, s| s.load.peek().is_none() || now < s.started + ttl);
+            entries.next_sweep = now + ttl;
+        }
+        if entries.map.len() >= self.capacity {
+            if let Some(victim) = entries.map.keys().next().cloned() {
+                entries.map.remove(&victim);
+            }
+        }
+    }
+
+    /// Awaits a load; an error other than NotFound is dropped from the cache so that the next
+    /// request asks the store again.
+    async fn finish<T: Clone>(
+        &self,
+        entries: &Mutex<Entries<T>>,
+        workspace: &WorkspaceId,
+        load: Load<T>,
+    ) -> Result<T, StoreError> {
+        match load.clone().await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !matches!(*e, StoreError::NotFound) {
+                    let mut entries = lock(entries);
+                    if entries
+                        .map
+                        .get(workspace)
+                        .is_some_and(|s| s.load.ptr_eq(&load))
+                    {
+                        entries.map.remove(workspace);
+                    }
+                }
+                Err(shared_error(e))
+            }
+        }
+    }
+
+    async fn write<T>(
+        &self,
+        workspace: &WorkspaceId,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // Invalidate after the write, successful or not (a failed write may still have landed).
+        self.invalidate(workspace);
+        result
+    }
+}
+
+fn shared_error(e: Arc<StoreError>) -> StoreError {
+    match *e {
+        StoreError::NotFound => StoreError::NotFound,
+        _ => StoreError::Unavailable(Box::new(e)),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
+    async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        self.write(workspace, self.inner.register(workspace).await)
+            .await
+    }
+
+    async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
+        self.write(workspace, self.inner.remove(workspace).await)
+            .await
+    }
+
+    async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError> {
+        self.inner.limits(workspace).await
+    }
+
+    async fn patch_limits(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        self.write(workspace, self.inner.patch_limits(workspace, patch).await)
+            .await
+    }
+
+    async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
+        let load = self.load(&self.status, workspace, || {
+            let (inner, ws) = (self.inner.clone(), workspace.clone());
+            async move { inner.status(&ws).await }
+        });
+        self.finish(&self.status, workspace, load).await
+    }
+
+    async fn retry_after(
+        &self,
+        workspace: &WorkspaceId,
+        over: &Limits,
+    ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
+        let started = Instant::now();
+        let over = *over;
+        // A cached answer computed for other limits is of no use: ask again.
+        {
+            let mut entries = lock(&self.retry);
+            let stale = entries
+                .map
+                .get(workspace)
+                .is_some_and(|s| matches!(s.load.peek(), Some(Ok((l, _))) if *l != over));
+            if stale {
+                entries.map.remove(workspace);
+            }
+        }
+        let load = self.load(&self.retry, workspace, || {
+            let (inner, ws) = (self.inner.clone(), workspace.clone());
+            async move { inner.retry_after(&ws, &over).await.map(|r| (over, r)) }
+        });
+        let loaded_at = lock(&self.retry)
+            .map
+            .get(workspace)
+            .map_or(started, |s| s.started);
+        let (limits, waits) = self.finish(&self.retry, workspace, load).await?;
+        if limits != over {
+            // Joined a load for other limits that was in flight: answer this one directly.
+            return self.inner.retry_after(workspace, &over).await;
+        }
+        // Served from cache: the waits have shrunk by the time since they were computed.
+        let aged = started.saturating_duration_since(loaded_at);
+        Ok(waits.map(|_, w| w.map(|w| w.saturating_sub(aged))))
+    }
+
+    async fn record_heartbeat(
+        &self,
+        heartbeat: &Heartbeat,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let result = self.inner.record_heartbeat(heartbeat).await;
+        self.write(&heartbeat.workspace, result).await
+    }
+
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceId>, StoreError> {
+        self.inner.list_workspaces(after, limit).await
+    }
+
+    async fn prune(&self) -> Result<u64, StoreError> {
+        self.inner.prune().await
+    }
+}

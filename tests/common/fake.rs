@@ -1,0 +1,118 @@
+//! An in-process store with faults on demand, for the layer's failure paths: it counts the
+//! calls that reach it and can fail, hang, or hold calls at a gate.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+use tower_budget::period::{Limits, LimitsPatch, PerPeriod};
+use tower_budget::store::{
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, StoreError,
+};
+use tower_budget::WorkspaceId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Healthy,
+    Failing,
+    Hanging,
+}
+
+/// Wraps a `MemoryStore`; `status` and `retry_after` obey the mode and the gate.
+#[derive(Clone)]
+pub struct FaultyStore {
+    pub inner: Arc<MemoryStore>,
+    mode: Arc<Mutex<Mode>>,
+    status_calls: Arc<AtomicUsize>,
+    /// When set, status calls wait for a permit.
+    gate: Arc<Mutex<Option<Arc<Semaphore>>>>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: MemoryStore) -> Self {
+        FaultyStore {
+            inner: Arc::new(inner),
+            mode: Arc::new(Mutex::new(Mode::Healthy)),
+            status_calls: Arc::default(),
+            gate: Arc::default(),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn status_calls(&self) -> usize {
+        self.status_calls.load(Ordering::SeqCst)
+    }
+
+    /// Holds every status call until the returned semaphore gets permits.
+    pub fn close_gate(&self) -> Arc<Semaphore> {
+        let s = Arc::new(Semaphore::new(0));
+        *self.gate.lock().unwrap() = Some(s.clone());
+        s
+    }
+
+    async fn fault(&self) -> Result<(), StoreError> {
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Healthy => Ok(()),
+            Mode::Failing => Err(StoreError::unavailable(std::io::Error::other(
+                "injected failure",
+            ))),
+            Mode::Hanging => {
+                // Far longer than any check timeout; the caller's timeout ends it.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(StoreError::unavailable(std::io::Error::other("hung")))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BudgetStore for FaultyStore {
+    async fn register(&self, w: &WorkspaceId) -> Result<(), StoreError> {
+        self.inner.register(w).await
+    }
+    async fn remove(&self, w: &WorkspaceId) -> Result<(), StoreError> {
+        self.inner.remove(w).await
+    }
+    async fn limits(&self, w: &WorkspaceId) -> Result<Limits, StoreError> {
+        self.inner.limits(w).await
+    }
+    async fn patch_limits(&self, w: &WorkspaceId, p: &LimitsPatch) -> Result<Limits, StoreError> {
+        self.inner.patch_limits(w, p).await
+    }
+    async fn status(&self, w: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
+        self.status_calls.fetch_add(1, Ordering::SeqCst);
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        self.fault().await?;
+        self.inner.status(w).await
+    }
+    async fn retry_after(
+        &self,
+        w: &WorkspaceId,
+        over: &Limits,
+    ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
+        self.fault().await?;
+        self.inner.retry_after(w, over).await
+    }
+    async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
+        self.inner.record_heartbeat(hb).await
+    }
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceId>, StoreError> {
+        self.inner.list_workspaces(after, limit).await
+    }
+    async fn prune(&self) -> Result<u64, StoreError> {
+        self.inner.prune().await
+    }
+}
