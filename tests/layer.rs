@@ -539,3 +539,29 @@ fn poll_ready_once<S: Service<Request<Body>>>(
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     svc.poll_ready(&mut cx)
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_call_does_not_hold_a_workspace_for_ever() {
+    let f = Fixture::new().await;
+    f.limits(&[(Period::HOURLY, Some(0))]).await;
+    let layer = f.layer().with_breaker(0, Duration::from_secs(1));
+    f.store.set_mode(Mode::Hanging);
+    let res = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert_eq!(res.status(), StatusCode::OK, "timed out: fail-open");
+    f.store.set_mode(Mode::Healthy);
+    // Within a second, checks join the call in flight (it still hangs)...
+    let res = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert!(matches!(
+        res.extensions().get::<BudgetDecision>(),
+        Some(BudgetDecision::Unavailable {
+            cause: UnavailableCause::Timeout,
+            ..
+        })
+    ));
+    assert_eq!(f.store.status_calls(), 1);
+    // ...after it, a fresh call gets the store's answer.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let res = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(f.store.status_calls(), 2);
+}

@@ -18,6 +18,10 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Default bound on cached workspaces.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
+/// In-flight loads older than this (or than the TTL, if longer) are not joined: a new one
+/// starts, so one hung store call cannot hold a workspace's checks for ever.
+const MAX_JOIN_AGE: Duration = Duration::from_secs(1);
+
 type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
 
 struct Slot<T> {
@@ -28,17 +32,14 @@ struct Slot<T> {
 /// Answers [`status`](BudgetStore::status) and [`retry_after`](BudgetStore::retry_after) from
 /// memory for up to a TTL, and is itself a [`BudgetStore`].
 ///
-/// - Concurrent misses for one workspace share one call to the inner store. The call runs as its
-///   own task, so a caller that gives up (a timed-out check) does not waste it: the next request
-///   gets its answer.
+/// - Concurrent misses for one workspace share one call to the inner store. A caller that gives
+///   up (a timed-out check) does not waste it: the next request picks it up where it stopped.
 /// - "Unknown workspace" is cached like an answer; store errors are not.
 /// - Writes through this store (limits, heartbeats, register, remove) drop the workspace's entries
 ///   as soon as the inner write returns, so this process sees its own writes at once. Writes made
 ///   by other processes are seen within one TTL.
 /// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
 ///   arbitrary one.
-///
-/// Must be used inside a Tokio runtime (loads are spawned).
 pub struct CachingStore<S: ?Sized> {
     inner: Arc<S>,
     ttl: Duration,
@@ -109,7 +110,8 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         let mut entries = lock(entries);
         if let Some(slot) = entries.map.get(workspace) {
             match slot.load.peek() {
-                None => {
+                // In flight, and not so old that it may never finish (a store that hangs).
+                None if now < slot.started + self.ttl.max(MAX_JOIN_AGE) => {
                     metrics::counter!("tower_budget_cache_total", "result" => "coalesced")
                         .increment(1);
                     return slot.load.clone();
@@ -128,17 +130,9 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             }
         }
         metrics::counter!("tower_budget_cache_total", "result" => "miss").increment(1);
-        let task = tokio::spawn(start());
-        let load: Load<T> = async move {
-            match task.await {
-                Ok(result) => result.map_err(Arc::new),
-                Err(e) => Err(Arc::new(StoreError::Refused(format!(
-                    "store call failed: {e}"
-                )))),
-            }
-        }
-        .boxed()
-        .shared();
+        // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
+        // it to the next one, which finds it in the map and carries on from where it stopped.
+        let load: Load<T> = start().map(|r| r.map_err(Arc::new)).boxed().shared();
         if entries.map.len() >= self.capacity && !entries.map.contains_key(workspace) {
             self.make_room(&mut entries, now);
         }
