@@ -565,3 +565,27 @@ async fn a_hung_store_call_does_not_hold_a_workspace_for_ever() {
     assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(f.store.status_calls(), 2);
 }
+
+#[tokio::test]
+async fn the_cache_holds_at_most_its_capacity() {
+    let f = Fixture::new().await;
+    f.store.register(&ws("ws-2")).await.unwrap();
+    let one = f.layer().with_cache_capacity(1).unwrap();
+    for _ in 0..3 {
+        f.send(&one, get("/workspaces/ws-1/a2a")).await;
+        f.send(&one, get("/workspaces/ws-2/a2a")).await;
+    }
+    assert_eq!(
+        f.store.status_calls(),
+        6,
+        "capacity 1: each workspace evicts the other"
+    );
+    let two = f.layer().with_cache_capacity(2).unwrap();
+    for _ in 0..3 {
+        f.send(&two, get("/workspaces/ws-1/a2a")).await;
+        f.send(&two, get("/workspaces/ws-2/a2a")).await;
+    }
+    assert_eq!(f.store.status_calls(), 6 + 2, "capacity 2: both stay");
+    assert!(f.layer().with_cache_capacity(0).is_err());
+    assert!(f.layer().with_check_timeout(Duration::ZERO).is_err());
+}

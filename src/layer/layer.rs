@@ -232,8 +232,9 @@ impl Shared {
     pub(crate) async fn decide(self: Arc<Self>, workspace: WorkspaceId) -> BudgetDecision {
         let started = Instant::now();
         let decision = self.check(workspace, started).await;
-        metrics::histogram!("tower_budget_check_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics::histogram!("tower_budget_check_duration_seconds").record(took.as_secs_f64());
+        tracing::debug!(workspace = %decision.workspace(), decision = decision.label(), ?took, "budget check");
         metrics::counter!("tower_budget_decisions_total", "decision" => decision.label())
             .increment(1);
         match &decision {
@@ -331,14 +332,14 @@ impl WarnLimiter {
         workspace: &WorkspaceId,
         error: Option<&StoreError>,
         failed_open: bool,
-    ) {
+    ) -> bool {
         let i = cause as usize;
         let now = Instant::now();
         {
             let mut next = self.next[i].lock().unwrap_or_else(|e| e.into_inner());
             if next.is_some_and(|n| now < n) {
                 self.held_back[i].fetch_add(1, Ordering::Relaxed);
-                return;
+                return false;
             }
             *next = Some(now + self.interval);
         }
@@ -356,5 +357,35 @@ impl WarnLimiter {
                 tracing::warn!(%workspace, cause = cause.label(), held_back, "budget check failed: request {action}")
             }
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn warnings_are_rate_limited_per_cause() {
+        let w = WarnLimiter::new(Duration::from_secs(10));
+        let ws = WorkspaceId::new("ws-1").unwrap();
+        let timeouts = UnavailableCause::Timeout as usize;
+        assert!(w.warn(UnavailableCause::Timeout, &ws, None, true));
+        assert!(
+            !w.warn(UnavailableCause::Timeout, &ws, None, true),
+            "same cause, same interval"
+        );
+        assert!(
+            w.warn(UnavailableCause::StoreError, &ws, None, true),
+            "each cause has its own"
+        );
+        assert_eq!(w.held_back[timeouts].load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(w.warn(UnavailableCause::Timeout, &ws, None, true));
+        assert_eq!(
+            w.held_back[timeouts].load(Ordering::Relaxed),
+            0,
+            "reported and reset"
+        );
     }
 }
