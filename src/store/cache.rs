@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 
-use super::{BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError};
+use super::{
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+};
 use crate::period::{Limits, LimitsPatch, PerPeriod};
 use crate::WorkspaceId;
 
@@ -29,8 +31,9 @@ struct Slot<T> {
     started: Instant,
 }
 
-/// Answers [`status`](BudgetStore::status) and [`retry_after`](BudgetStore::retry_after) from
-/// memory for up to a TTL, and is itself a [`BudgetStore`].
+/// Answers [`status`](BudgetStore::status), [`retry_after`](BudgetStore::retry_after) and
+/// [`registration`](BudgetStore::registration) from memory for up to a TTL, and is itself a
+/// [`BudgetStore`]. Token lookups are never cached: a rotated token stops working at once.
 ///
 /// - Concurrent misses for one workspace share one call to the inner store. A caller that gives
 ///   up (a timed-out check) does not waste it: the next request picks it up where it stopped.
@@ -46,6 +49,7 @@ pub struct CachingStore<S: ?Sized> {
     capacity: usize,
     status: Mutex<Entries<BudgetStatus>>,
     retry: Mutex<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
+    registration: Mutex<Entries<Registration>>,
 }
 
 struct Entries<T> {
@@ -80,6 +84,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             capacity: capacity.max(1),
             status: Mutex::default(),
             retry: Mutex::default(),
+            registration: Mutex::default(),
         }
     }
 
@@ -92,6 +97,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     pub fn invalidate(&self, workspace: &WorkspaceId) {
         lock(&self.status).map.remove(workspace);
         lock(&self.retry).map.remove(workspace);
+        lock(&self.registration).map.remove(workspace);
     }
 
     /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`.
@@ -214,6 +220,30 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         self.write(workspace, self.inner.register(workspace).await)
             .await
+    }
+
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        let result = self.inner.register_agent(workspace, registration).await;
+        self.write(workspace, result).await
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        let load = self.load(&self.registration, workspace, || {
+            let (inner, ws) = (self.inner.clone(), workspace.clone());
+            async move { inner.registration(&ws).await }
+        });
+        self.finish(&self.registration, workspace, load).await
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        self.inner.workspace_for_token(token_hash).await
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {

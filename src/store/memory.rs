@@ -1,13 +1,16 @@
 //! The in-process store: the zero-setup default for development and single-node use.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError};
+use super::{
+    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError,
+    TokenHash,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
@@ -39,6 +42,8 @@ pub const DEFAULT_MAX_ENTRIES_PER_WORKSPACE: usize = 100_000;
 #[derive(Debug)]
 pub struct MemoryStore {
     workspaces: RwLock<BTreeMap<WorkspaceId, Arc<Mutex<Workspace>>>>,
+    /// Token hash → workspace; its write lock also serialises registrations.
+    tokens: RwLock<HashMap<TokenHash, WorkspaceId>>,
     clock: Arc<dyn Clock>,
     max_entries: usize,
 }
@@ -46,6 +51,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Workspace {
     removed: bool,
+    registration: Registration,
     limits: Limits,
     previous_reported: i64,
     last_seq: Option<u64>,
@@ -63,6 +69,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
             workspaces: RwLock::default(),
+            tokens: RwLock::default(),
             clock: Arc::new(SystemClock),
             max_entries: DEFAULT_MAX_ENTRIES_PER_WORKSPACE,
         }
@@ -109,6 +116,40 @@ impl BudgetStore for MemoryStore {
         let ws = map.entry(workspace.clone()).or_default();
         ws.lock().unwrap_or_else(|e| e.into_inner()).removed = false;
         Ok(())
+    }
+
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let ws = {
+            let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(workspace.clone()).or_default().clone()
+        };
+        let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = ws.registration.token_hash.take() {
+            tokens.remove(&old);
+        }
+        if let Some(new) = registration.token_hash {
+            tokens.insert(new, workspace.clone());
+        }
+        ws.registration = registration.clone();
+        ws.removed = false;
+        Ok(())
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        self.with_live(workspace, |ws| Ok(ws.registration.clone()))
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        Ok(tokens.get(token_hash).cloned())
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {

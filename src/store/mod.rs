@@ -110,6 +110,25 @@ impl Heartbeat {
     }
 }
 
+/// A SHA-256 hash of a workspace's bearer token: stores keep only this, never the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHash(…)")
+    }
+}
+
+/// What a gateway keeps about a workspace besides its budget.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Registration {
+    /// Where the workspace's agent listens (`http://127.0.0.1:9901`), if known.
+    pub agent_url: Option<String>,
+    /// The hash of the workspace's bearer token, if it has one.
+    pub token_hash: Option<TokenHash>,
+}
+
 /// What a heartbeat did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct HeartbeatOutcome {
@@ -167,6 +186,25 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// `seq` of a known workspace are kept.
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError>;
 
+    /// Registers `workspace` (or brings a removed one back) with `registration`, replacing the
+    /// previous agent URL and token hash in one step: the old token stops working at once.
+    /// Limits, ledger, previous report and `seq` are kept.
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError>;
+
+    /// The workspace's registration; [`StoreError::NotFound`] when unknown or removed.
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError>;
+
+    /// The workspace whose token has this hash, removed ones included (their callers get 404,
+    /// not 403).
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError>;
+
     /// Marks `workspace` removed: from then on it is [`StoreError::NotFound`] until registered
     /// again. Removing an unknown or removed workspace is `NotFound`.
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError>;
@@ -215,6 +253,22 @@ pub trait BudgetStore: Send + Sync + 'static {
 impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         (**self).register(workspace).await
+    }
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        (**self).register_agent(workspace, registration).await
+    }
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        (**self).registration(workspace).await
+    }
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        (**self).workspace_for_token(token_hash).await
     }
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         (**self).remove(workspace).await

@@ -8,7 +8,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tower_budget::clock::ManualClock;
 use tower_budget::period::{Limits, LimitsPatch, Period};
 use tower_budget::store::{
-    BudgetStore, Heartbeat, HeartbeatOutcome, StoreError, MAX_REPORTED_CENTS,
+    BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+    MAX_REPORTED_CENTS,
 };
 use tower_budget::WorkspaceId;
 
@@ -28,6 +29,7 @@ macro_rules! conformance_tests {
             retry_after_is_when_enough_spend_ages_out,
             prune_drops_only_what_no_window_needs,
             list_pages_in_id_order,
+            registration_and_token_rotation,
             exact_against_brute_force_on_random_ledgers,
             concurrent_seq_heartbeats_count_exactly,
             concurrent_identical_reports_count_once,
@@ -468,6 +470,81 @@ pub async fn list_pages_in_id_order<S: BudgetStore>(store: S, _clock: ManualCloc
         .await
         .unwrap()
         .is_empty());
+}
+
+pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: ManualClock) {
+    let w = ws("ws-1");
+    let first = Registration {
+        agent_url: Some("http://127.0.0.1:9901".into()),
+        token_hash: Some(TokenHash([1; 32])),
+    };
+    store.register_agent(&w, &first).await.unwrap();
+    assert_eq!(store.registration(&w).await.unwrap(), first);
+    assert_eq!(
+        store
+            .workspace_for_token(&TokenHash([1; 32]))
+            .await
+            .unwrap(),
+        Some(w.clone())
+    );
+    store
+        .patch_limits(&w, &limits(&[(Period::DAILY, 10)]))
+        .await
+        .unwrap();
+
+    // Registering again moves the URL and rotates the token; limits stay.
+    let second = Registration {
+        agent_url: Some("http://127.0.0.1:9902/agent".into()),
+        token_hash: Some(TokenHash([2; 32])),
+    };
+    store.register_agent(&w, &second).await.unwrap();
+    assert_eq!(store.registration(&w).await.unwrap(), second);
+    assert_eq!(
+        store
+            .workspace_for_token(&TokenHash([1; 32]))
+            .await
+            .unwrap(),
+        None,
+        "old token gone at once"
+    );
+    assert_eq!(
+        store
+            .workspace_for_token(&TokenHash([2; 32]))
+            .await
+            .unwrap(),
+        Some(w.clone())
+    );
+    assert_eq!(store.limits(&w).await.unwrap().get(Period::DAILY), Some(10));
+
+    // Removed: no registration, but the token still names the workspace (its caller gets 404).
+    store.remove(&w).await.unwrap();
+    assert!(matches!(
+        store.registration(&w).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .workspace_for_token(&TokenHash([2; 32]))
+            .await
+            .unwrap(),
+        Some(w.clone())
+    );
+    // A plain register brings it back with its registration; register_agent would replace it.
+    store.register(&w).await.unwrap();
+    assert_eq!(store.registration(&w).await.unwrap(), second);
+    let other = ws("ws-2");
+    store.register(&other).await.unwrap();
+    assert_eq!(
+        store.registration(&other).await.unwrap(),
+        Registration::default()
+    );
+    assert_eq!(
+        store
+            .workspace_for_token(&TokenHash([9; 32]))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// Random ledgers with events right at window edges, at hour boundaries and in the future of

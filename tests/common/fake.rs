@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tower_budget::period::{Limits, LimitsPatch, PerPeriod};
 use tower_budget::store::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, StoreError,
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, Registration, StoreError,
+    TokenHash,
 };
 use tower_budget::WorkspaceId;
 
@@ -75,6 +76,15 @@ impl FaultyStore {
 impl BudgetStore for FaultyStore {
     async fn register(&self, w: &WorkspaceId) -> Result<(), StoreError> {
         self.inner.register(w).await
+    }
+    async fn register_agent(&self, w: &WorkspaceId, r: &Registration) -> Result<(), StoreError> {
+        self.inner.register_agent(w, r).await
+    }
+    async fn registration(&self, w: &WorkspaceId) -> Result<Registration, StoreError> {
+        self.inner.registration(w).await
+    }
+    async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {
+        self.inner.workspace_for_token(h).await
     }
     async fn remove(&self, w: &WorkspaceId) -> Result<(), StoreError> {
         self.inner.remove(w).await

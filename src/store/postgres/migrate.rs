@@ -11,11 +11,18 @@ struct Migration {
 
 /// Every migration, in order. A new one is a new file and a new line here; applied files are
 /// never edited (the runner refuses a database whose recorded checksum differs).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "budget_ledger",
-    sql: include_str!("../../../migrations/V1__budget_ledger.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "budget_ledger",
+        sql: include_str!("../../../migrations/V1__budget_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "agent_registration",
+        sql: include_str!("../../../migrations/V2__agent_registration.sql"),
+    },
+];
 
 /// Arbitrary, fixed: "tower-budget" folded into an i64.
 const LOCK_KEY: i64 = 0x746f_7765_725f_6264;

@@ -30,7 +30,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 
-use super::{BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, StoreError};
+use super::{
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
@@ -210,6 +212,48 @@ impl BudgetStore for PgStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql::REGISTER_AGENT)
+            .await
+            .map_err(db)?;
+        let hash = registration.token_hash.map(|h| h.0.to_vec());
+        client
+            .execute(
+                &stmt,
+                &[&workspace.as_str(), &registration.agent_url, &hash],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        let row = self
+            .query_opt(sql::REGISTRATION, &[&workspace.as_str()])
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let hash: Option<Vec<u8>> = row.get(1);
+        Ok(Registration {
+            agent_url: row.get(0),
+            token_hash: hash.and_then(|h| h.try_into().ok()).map(TokenHash),
+        })
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        let hash = token_hash.0.to_vec();
+        let row = self.query_opt(sql::WORKSPACE_FOR_TOKEN, &[&hash]).await?;
+        Ok(row.and_then(|r| WorkspaceId::new(r.get(0)).ok()))
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {

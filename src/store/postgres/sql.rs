@@ -64,6 +64,16 @@ pub(super) const RECORD_HEARTBEAT: &str =
 pub(super) const REGISTER: &str = "INSERT INTO workspaces (id) VALUES ($1)
     ON CONFLICT (id) DO UPDATE SET removed_at = NULL";
 
+pub(super) const REGISTER_AGENT: &str =
+    "INSERT INTO workspaces (id, agent_url, token_hash) VALUES ($1, $2, $3)
+    ON CONFLICT (id) DO UPDATE
+    SET agent_url = EXCLUDED.agent_url, token_hash = EXCLUDED.token_hash, removed_at = NULL";
+
+pub(super) const REGISTRATION: &str =
+    "SELECT agent_url, token_hash FROM workspaces WHERE id = $1 AND removed_at IS NULL";
+
+pub(super) const WORKSPACE_FOR_TOKEN: &str = "SELECT id FROM workspaces WHERE token_hash = $1";
+
 pub(super) const REMOVE: &str =
     "UPDATE workspaces SET removed_at = $2 WHERE id = $1 AND removed_at IS NULL";
 
