@@ -31,12 +31,17 @@
 //! ## Features
 //! - `postgres` (default): [`store::postgres::PgStore`] on deadpool-postgres, with embedded
 //!   migrations.
+//! - `api` (default): the companion HTTP handlers ([`api::BudgetApi`]) with token auth, and
+//!   the budget page.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod clock;
 pub mod layer;
 pub mod period;
+mod response;
 pub mod store;
 mod workspace;
 

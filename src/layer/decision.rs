@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -171,23 +171,9 @@ fn whole_seconds_up(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// A JSON response with `body`.
-pub(crate) fn json_response<B>(
-    status: StatusCode,
-    body: &Value,
-    wrap: impl FnOnce(Bytes) -> B,
-) -> Response<B> {
-    let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let mut res = Response::new(wrap(bytes));
-    *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
-}
-
 /// The 402 response for `blocked`.
-pub(crate) fn payment_required<B>(blocked: &Blocked, wrap: impl FnOnce(Bytes) -> B) -> Response<B> {
-    let mut res = json_response(StatusCode::PAYMENT_REQUIRED, &blocked.body(), wrap);
+pub(crate) fn payment_required(blocked: &Blocked) -> Response<Bytes> {
+    let mut res = crate::response::json(StatusCode::PAYMENT_REQUIRED, &blocked.body());
     if let Some(secs) = blocked.retry_after() {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));

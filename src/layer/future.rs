@@ -7,11 +7,10 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use serde_json::json;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::decision::{insert_budget_headers, json_response, payment_required, BudgetDecision};
+use super::decision::{insert_budget_headers, payment_required, BudgetDecision};
 use super::layer::Shared;
 
 pin_project! {
@@ -104,11 +103,10 @@ where
                     let decision = ready!(check.as_mut().poll(cx));
                     if !decision.is_allowed() {
                         let mut response = match &decision {
-                            BudgetDecision::Blocked(blocked) => payment_required(blocked, |b| b),
-                            _ => json_response(
+                            BudgetDecision::Blocked(blocked) => payment_required(blocked),
+                            _ => crate::response::error(
                                 StatusCode::SERVICE_UNAVAILABLE,
-                                &json!({"error": "budget check unavailable"}),
-                                |b| b,
+                                "budget check unavailable",
                             ),
                         };
                         response.extensions_mut().insert(decision);

@@ -2,7 +2,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
-use serde_json::json;
 use tower_service::Service;
 
 use super::body::ResponseBody;
@@ -64,10 +63,9 @@ where
         let request = Request::from_parts(parts, body);
         match workspace {
             None => ResponseFuture::pass(self.inner.call(request)),
-            Some(Err(e)) => ResponseFuture::respond(super::decision::json_response(
+            Some(Err(e)) => ResponseFuture::respond(crate::response::error(
                 StatusCode::BAD_REQUEST,
-                &json!({ "error": format!("invalid workspace id: {e}") }),
-                |b| b,
+                format!("invalid workspace id: {e}"),
             )),
             Some(Ok(workspace)) => {
                 // The inner service was made ready by poll_ready: take that one into the future
