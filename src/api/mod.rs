@@ -227,7 +227,7 @@ impl Inner {
             }
             Route::Budget(id) => {
                 let id = workspace_in_path(id)?;
-                let body = read_json(&parts.headers, body).await?;
+                let body = read_json(body).await?;
                 budget::patch(&*self.store, &principal, id, &body).await
             }
             Route::Workspace(id) => {
@@ -235,11 +235,11 @@ impl Inner {
             }
             Route::Workspaces => budget::list(&*self.store, &principal, parts.uri.query()).await,
             Route::Heartbeat => {
-                let body = read_bytes(&parts.headers, body).await?;
+                let body = read_bytes(body).await?;
                 heartbeat::record(&*self.store, &principal, &body).await
             }
             Route::Register => {
-                let body = read_json(&parts.headers, body).await?;
+                let body = read_json(body).await?;
                 heartbeat::register(&*self.store, &principal, &body).await
             }
         }
@@ -250,19 +250,14 @@ pub(crate) fn workspace_in_path(raw: &str) -> Result<WorkspaceId, ApiError> {
     WorkspaceId::new(raw).map_err(|e| ApiError::bad(format!("invalid workspace id: {e}")))
 }
 
-/// Reads at most [`MAX_BODY_BYTES`]; a longer body (declared or actual) is 413.
-async fn read_bytes<B>(headers: &http::HeaderMap, body: B) -> Result<Bytes, ApiError>
+/// Reads at most [`MAX_BODY_BYTES`]; a longer body is 413. (A declared length is not trusted
+/// either way: the limit is applied to what arrives, and the client has usually finished
+/// sending by then, so it reads the 413 rather than a reset connection.)
+async fn read_bytes<B>(body: B) -> Result<Bytes, ApiError>
 where
     B: http_body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::PayloadTooLarge);
-    }
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
@@ -270,11 +265,11 @@ where
     }
 }
 
-async fn read_json<B>(headers: &http::HeaderMap, body: B) -> Result<serde_json::Value, ApiError>
+async fn read_json<B>(body: B) -> Result<serde_json::Value, ApiError>
 where
     B: http_body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let bytes = read_bytes(headers, body).await?;
+    let bytes = read_bytes(body).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("invalid JSON: {e}")))
 }

@@ -114,7 +114,12 @@ impl PoolOptions {
     /// [`PoolConfigError`] for a malformed URL or schema name.
     pub fn build(&self, url: &str) -> Result<Pool, PoolConfigError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(PoolConfigError::Url)?;
-        let mut options = format!(
+        // Options given in the URL (`?options=-c…`) are kept; ours come after them.
+        let mut options = config
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        options += &format!(
             "-c statement_timeout={}",
             self.statement_timeout.as_millis()
         );

@@ -1,0 +1,285 @@
+//! The reverse proxy: `/workspaces/{id}/a2a[/{rest}]` → the workspace's registered agent URL.
+//! Bodies stream both ways; hop-by-hop headers are dropped; agent cards are rewritten.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower_budget::store::{BudgetStore, StoreError};
+use tower_budget::WorkspaceId;
+
+use crate::card;
+
+/// Largest agent card the gateway rewrites.
+const MAX_CARD_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn BudgetStore>,
+    client: Client<HttpConnector, Body>,
+    public_url: String,
+    timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(store: Arc<dyn BudgetStore>, public_url: String, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Proxy {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                public_url,
+                timeout,
+            }),
+        }
+    }
+}
+
+/// The workspace id and the path below `/workspaces/{id}/a2a`, for a proxied path.
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/workspaces/")?;
+    let (id, rest) = rest.split_once('/')?;
+    let suffix = rest.strip_prefix("a2a")?;
+    (suffix.is_empty() || suffix.starts_with('/')).then_some((id, suffix))
+}
+
+/// A GET or HEAD of an agent card: exempt from the budget check, so discovery keeps working.
+pub fn is_card_request(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && split_path(path).is_some_and(|(_, suffix)| card::is_card_path(suffix))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut res = Response::new(Body::from(json!({ "error": message }).to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Drops hop-by-hop headers, those named in `Connection` included.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.forward(request).await) })
+    }
+}
+
+impl Inner {
+    async fn forward(&self, request: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let Some((id, suffix)) = split_path(parts.uri.path()) else {
+            return error(StatusCode::NOT_FOUND, "not found");
+        };
+        let Ok(workspace) = WorkspaceId::new(id) else {
+            return error(StatusCode::BAD_REQUEST, "invalid workspace id");
+        };
+        let agent_url = match self.store.registration(&workspace).await {
+            Ok(r) => match r.agent_url {
+                Some(url) => url,
+                None => return error(StatusCode::NOT_FOUND, "workspace has no registered agent"),
+            },
+            Err(StoreError::NotFound) => {
+                return error(StatusCode::NOT_FOUND, "workspace not registered")
+            }
+            Err(e) => {
+                tracing::warn!(%workspace, error = %e, "registry lookup failed");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
+            }
+        };
+        let is_card = is_card_request(&parts.method, parts.uri.path());
+        let suffix = suffix.to_owned();
+        let mut target = if suffix.is_empty() {
+            agent_url.clone()
+        } else {
+            format!("{}{suffix}", agent_url.trim_end_matches('/'))
+        };
+        if let Some(q) = parts.uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let Ok(uri) = target.parse::<Uri>() else {
+            return error(StatusCode::BAD_GATEWAY, "agent URL is not valid");
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST); // the client sets the agent's
+        if is_card {
+            // The card is rewritten, so it must arrive uncompressed.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream = Request::from_parts(parts, body);
+
+        let response = match tokio::time::timeout(self.timeout, self.inner_request(upstream)).await
+        {
+            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
+            Ok(Err(e)) => {
+                tracing::debug!(%workspace, error = %e, "agent unreachable");
+                return error(StatusCode::BAD_GATEWAY, "agent unreachable");
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if is_card && parts.status == StatusCode::OK {
+            let root = format!("{}/workspaces/{workspace}/a2a", self.public_url);
+            return rewrite_card(parts, body, &agent_url, &root).await;
+        }
+        Response::from_parts(parts, Body::new(body))
+    }
+
+    async fn inner_request(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+}
+
+async fn rewrite_card(
+    mut parts: http::response::Parts,
+    body: hyper::body::Incoming,
+    agent_url: &str,
+    gateway_root: &str,
+) -> Response<Body> {
+    let bytes = match Limited::new(body, MAX_CARD_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "agent card unreadable or too large",
+            )
+        }
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        // Not JSON: nothing to rewrite, pass it on as it came.
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    card::rewrite(&mut value, agent_url, gateway_root);
+    let out = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+    let etag = format!("\"{:x}\"", Sha256::digest(&out));
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        parts.headers.insert(header::ETAG, v);
+    }
+    parts.headers.remove(header::LAST_MODIFIED);
+    Response::from_parts(parts, Body::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("/workspaces/ws-1/a2a"), Some(("ws-1", "")));
+        assert_eq!(split_path("/workspaces/ws-1/a2a/"), Some(("ws-1", "/")));
+        assert_eq!(
+            split_path("/workspaces/ws-1/a2a/x/y"),
+            Some(("ws-1", "/x/y"))
+        );
+        assert_eq!(split_path("/workspaces/ws-1/a2ax"), None);
+        assert_eq!(split_path("/workspaces/ws-1/budget"), None);
+        assert!(is_card_request(
+            &Method::GET,
+            "/workspaces/w/a2a/.well-known/agent-card.json"
+        ));
+        assert!(is_card_request(
+            &Method::HEAD,
+            "/workspaces/w/a2a/.well-known/agent.json"
+        ));
+        assert!(!is_card_request(
+            &Method::POST,
+            "/workspaces/w/a2a/.well-known/agent-card.json"
+        ));
+        assert!(!is_card_request(&Method::GET, "/workspaces/w/a2a/other"));
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer agent-token"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type"]);
+    }
+}

@@ -1,0 +1,190 @@
+//! Runs the example gateway as a real process on a loopback port, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const ADMIN: &str = "test-admin-token";
+
+/// The gateway binary, built once per test process (a no-op when it is up to date).
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "gateway"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the gateway failed");
+        // target/debug/deps/<test> → target/debug/examples/gateway
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("gateway")
+    })
+    .clone()
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// The admin token the gateway printed when it generated one.
+    pub printed_token: Option<String>,
+}
+
+impl Gateway {
+    /// Starts the gateway on 127.0.0.1:0 with `ADMIN` as admin token and `args` added.
+    pub fn start(args: &[&str]) -> Gateway {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--admin-token", ADMIN];
+        all.extend_from_slice(args);
+        Gateway::start_raw(&all, &[])
+    }
+
+    /// Starts the gateway with exactly `args` and extra environment `env`; waits (≤ 60 s) for
+    /// its "listening on" line.
+    pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the gateway");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut printed_token = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway did not say it was listening within 60 s");
+            });
+            if let Some(t) = line.strip_prefix("admin token: ") {
+                printed_token = Some(t.to_owned());
+            }
+            if let Some(rest) = line.strip_prefix("listening on http://") {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let client = Client::builder(TokioExecutor::new()).build_http();
+                return Gateway {
+                    child,
+                    addr,
+                    client,
+                    printed_token,
+                };
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// One request; the body is JSON when `body` is given.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let raw = body.map(|b| b.to_string());
+        self.call_raw(method, path, token, raw.as_deref(), &[])
+            .await
+    }
+
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
+            .await
+            .expect("gateway answers within 20 s")
+            .expect("gateway reachable");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            bytes,
+        }
+    }
+
+    /// Sends SIGTERM and waits (≤ 40 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+    pub bytes: Bytes,
+}
