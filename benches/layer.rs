@@ -100,6 +100,18 @@ fn main() {
     group.bench_function("miss_postgres_store", |b| {
         b.to_async(&rt).iter(|| miss_pg.clone().oneshot(request()))
     });
+    // Last, since it installs a global recorder: the cached path with metrics really recorded
+    // (the gateway's setup), and with budget headers on as the gateway runs it.
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let recorded = BudgetLayer::from_arc(memory.clone())
+        .with_cache_ttl(Duration::from_secs(3600))
+        .with_budget_headers(true)
+        .layer(inner);
+    group.bench_function("cached_allowed_prometheus_headers", |b| {
+        b.to_async(&rt).iter(|| recorded.clone().oneshot(request()))
+    });
     group.finish();
     c.final_summary();
 }

@@ -1,6 +1,7 @@
 //! A circuit breaker in front of the store: after repeated failures, requests stop paying the
 //! check timeout until the store answers again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub(crate) struct Breaker {
     threshold: u32,
     cool_down: Duration,
     state: Mutex<State>,
+    /// True while closed with no failure counted: the common case, served without the lock.
+    healthy: AtomicBool,
 }
 
 /// Permission to call the store. A probe dropped without a verdict counts as a failure, so a
@@ -46,6 +49,7 @@ impl Breaker {
             threshold,
             cool_down,
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
         }
     }
 
@@ -61,8 +65,20 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Closed with no failure counted.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
     /// `None` while open (or while a probe is out): skip the store.
     pub(crate) fn permit(self: &Arc<Self>) -> Option<Permit> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Some(Permit {
+                breaker: self.clone(),
+                probe: false,
+                done: false,
+            });
+        }
         let mut state = self.lock();
         let probe = match *state {
             State::Closed { .. } => false,
@@ -81,7 +97,7 @@ impl Breaker {
     }
 
     fn record(&self, ok: bool, probe: bool) {
-        if self.threshold == 0 {
+        if self.threshold == 0 || (ok && self.healthy.load(Ordering::Acquire)) {
             return;
         }
         let mut state = self.lock();
@@ -97,6 +113,10 @@ impl Breaker {
             },
         };
         let (before, after) = (kind(&state), kind(&next));
+        self.healthy.store(
+            matches!(next, State::Closed { failures: 0 }),
+            Ordering::Release,
+        );
         *state = next;
         if before != after {
             gauge(after);

@@ -1,6 +1,5 @@
 //! What the layer decided for one request, and the responses and headers that follow from it.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -196,20 +195,20 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 ///
 /// `RateLimit` names the period with the least remaining. Nothing is added without limits.
 pub(crate) fn insert_budget_headers(status: &BudgetStatus, headers: &mut HeaderMap) {
-    let mut policy = String::new();
+    let mut numbers = itoa::Buffer::new();
+    let mut policy = String::with_capacity(96);
     let mut tightest: Option<(Period, i64)> = None;
     for line in status.periods() {
         let Some(limit) = line.limit else { continue };
         if !policy.is_empty() {
             policy.push_str(", ");
         }
-        let _ = write!(
-            policy,
-            "\"{}\";q={};w={}",
-            line.period,
-            limit,
-            line.period.window().as_secs()
-        );
+        policy.push('"');
+        policy.push_str(line.period.name());
+        policy.push_str("\";q=");
+        policy.push_str(numbers.format(limit));
+        policy.push_str(";w=");
+        policy.push_str(numbers.format(line.period.window().as_secs()));
         let remaining = line.remaining.unwrap_or(limit).max(0);
         if tightest.is_none_or(|(_, r)| remaining < r) {
             tightest = Some((line.period, remaining));
@@ -218,11 +217,18 @@ pub(crate) fn insert_budget_headers(status: &BudgetStatus, headers: &mut HeaderM
     let Some((period, remaining)) = tightest else {
         return;
     };
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        headers.insert(RATELIMIT_POLICY.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{period}\";r={remaining}")) {
-        headers.insert(RATELIMIT.clone(), v);
+    let mut current = String::with_capacity(32);
+    current.push('"');
+    current.push_str(period.name());
+    current.push_str("\";r=");
+    current.push_str(numbers.format(remaining));
+    // Period names and digits are always valid header text.
+    if let (Ok(policy), Ok(current)) = (
+        HeaderValue::try_from(policy),
+        HeaderValue::try_from(current),
+    ) {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+        headers.insert(RATELIMIT.clone(), current);
     }
 }
 

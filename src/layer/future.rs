@@ -59,6 +59,16 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
         }
     }
 
+    pub(crate) fn allowed(future: S::Future, decision: BudgetDecision, headers: bool) -> Self {
+        ResponseFuture {
+            state: State::Calling {
+                future,
+                decision: Some(decision),
+                headers,
+            },
+        }
+    }
+
     pub(crate) fn respond(response: Response<Bytes>) -> Self {
         ResponseFuture {
             state: State::Responding {

@@ -10,6 +10,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::decision::{Blocked, BudgetDecision, UnavailableCause};
 use super::resolve::{PathSegment, ResolveWorkspace};
 use super::service::BudgetService;
+use super::telemetry::LayerMetrics;
 use crate::period::Limits;
 use crate::store::{
     BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
@@ -233,25 +234,31 @@ impl Shared {
         let started = Instant::now();
         let decision = self.check(workspace, started).await;
         let took = started.elapsed();
-        metrics::histogram!("tower_budget_check_duration_seconds").record(took.as_secs_f64());
+        let metrics = LayerMetrics::get();
+        metrics.check_duration.record(took.as_secs_f64());
+        metrics.record(&decision);
         tracing::debug!(workspace = %decision.workspace(), decision = decision.label(), ?took, "budget check");
-        metrics::counter!("tower_budget_decisions_total", "decision" => decision.label())
-            .increment(1);
-        match &decision {
-            BudgetDecision::Blocked(b) => {
-                for p in &b.exceeded {
-                    metrics::counter!("tower_budget_blocked_total", "period" => p.name())
-                        .increment(1);
-                }
-                tracing::debug!(workspace = %b.workspace, exceeded = ?b.exceeded, "budget exceeded: refused");
-            }
-            BudgetDecision::Unavailable { cause, .. } => {
-                metrics::counter!("tower_budget_store_failures_total", "cause" => cause.label())
-                    .increment(1);
-            }
-            _ => {}
-        }
         decision
+    }
+
+    /// The decision when it needs no waiting: a cached status that allows the request (or an
+    /// unknown workspace) while the breaker is closed. `Err` hands the workspace back for the
+    /// full check.
+    pub(crate) fn decide_now(&self, workspace: WorkspaceId) -> Result<BudgetDecision, WorkspaceId> {
+        if !self.breaker.is_healthy() {
+            return Err(workspace);
+        }
+        let decision = match self.store.status_now(&workspace) {
+            Some(Ok(status)) if !status.is_exceeded() => {
+                BudgetDecision::Allowed { workspace, status }
+            }
+            Some(Err(StoreError::NotFound)) => BudgetDecision::Unregistered { workspace },
+            _ => return Err(workspace),
+        };
+        let metrics = LayerMetrics::get();
+        metrics.check_duration.record(0.0);
+        metrics.record(&decision);
+        Ok(decision)
     }
 
     async fn check(&self, workspace: WorkspaceId, started: Instant) -> BudgetDecision {

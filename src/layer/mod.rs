@@ -49,7 +49,8 @@
 //!
 //! # Metrics
 //!
-//! Through the [`metrics`] facade (install any recorder; none is a no-op):
+//! Through the [`metrics`] facade (install any recorder; none is a no-op). The handles are
+//! resolved at the first check, so install the recorder before serving:
 //!
 //! | name | kind | labels |
 //! |---|---|---|
@@ -114,6 +115,7 @@ mod future;
 mod layer;
 mod resolve;
 mod service;
+pub(crate) mod telemetry;
 
 pub use body::ResponseBody;
 pub use breaker::BreakerState;

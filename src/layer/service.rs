@@ -67,14 +67,22 @@ where
                 StatusCode::BAD_REQUEST,
                 format!("invalid workspace id: {e}"),
             )),
-            Some(Ok(workspace)) => {
-                // The inner service was made ready by poll_ready: take that one into the future
-                // and keep a fresh clone here (tower's "be careful when cloning inner services").
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                let check = Box::pin(self.shared.clone().decide(workspace));
-                ResponseFuture::check(check, ready, request, self.shared.clone())
-            }
+            Some(Ok(workspace)) => match self.shared.decide_now(workspace) {
+                // A cached answer: call the ready inner service right away.
+                Ok(decision) => {
+                    let headers = self.shared.budget_headers;
+                    ResponseFuture::allowed(self.inner.call(request), decision, headers)
+                }
+                Err(workspace) => {
+                    // The inner service was made ready by poll_ready: take that one into the
+                    // future and keep a fresh clone here (tower's "be careful when cloning inner
+                    // services").
+                    let clone = self.inner.clone();
+                    let ready = std::mem::replace(&mut self.inner, clone);
+                    let check = Box::pin(self.shared.clone().decide(workspace));
+                    ResponseFuture::check(check, ready, request, self.shared.clone())
+                }
+            },
         }
     }
 }

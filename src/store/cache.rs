@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{
     BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
 };
+use crate::layer::telemetry::CacheMetrics;
 use crate::period::{Limits, LimitsPatch, PerPeriod};
 use crate::WorkspaceId;
 
@@ -47,9 +48,9 @@ pub struct CachingStore<S: ?Sized> {
     inner: Arc<S>,
     ttl: Duration,
     capacity: usize,
-    status: Mutex<Entries<BudgetStatus>>,
-    retry: Mutex<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
-    registration: Mutex<Entries<Registration>>,
+    status: RwLock<Entries<BudgetStatus>>,
+    retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
+    registration: RwLock<Entries<Registration>>,
 }
 
 struct Entries<T> {
@@ -82,9 +83,9 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             inner,
             ttl,
             capacity: capacity.max(1),
-            status: Mutex::default(),
-            retry: Mutex::default(),
-            registration: Mutex::default(),
+            status: RwLock::default(),
+            retry: RwLock::default(),
+            registration: RwLock::default(),
         }
     }
 
@@ -95,15 +96,37 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
 
     /// Drops everything cached for `workspace`.
     pub fn invalidate(&self, workspace: &WorkspaceId) {
-        lock(&self.status).map.remove(workspace);
-        lock(&self.retry).map.remove(workspace);
-        lock(&self.registration).map.remove(workspace);
+        write(&self.status).map.remove(workspace);
+        write(&self.retry).map.remove(workspace);
+        write(&self.registration).map.remove(workspace);
+    }
+
+    /// A fresh, completed answer for `workspace`, under a shared lock: the hit path takes no
+    /// exclusive lock and clones no future.
+    fn cached<T: Clone>(
+        &self,
+        entries: &RwLock<Entries<T>>,
+        workspace: &WorkspaceId,
+    ) -> Option<Result<T, StoreError>> {
+        let now = Instant::now();
+        let entries = read(entries);
+        let slot = entries.map.get(workspace)?;
+        if now >= slot.started + self.ttl {
+            return None;
+        }
+        let answer = match slot.load.peek()? {
+            Ok(v) => Ok(v.clone()),
+            Err(e) if matches!(**e, StoreError::NotFound) => Err(StoreError::NotFound),
+            Err(_) => return None,
+        };
+        CacheMetrics::get().hit.increment(1);
+        Some(answer)
     }
 
     /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`.
     fn load<T, F, Fut>(
         &self,
-        entries: &Mutex<Entries<T>>,
+        entries: &RwLock<Entries<T>>,
         workspace: &WorkspaceId,
         start: F,
     ) -> Load<T>
@@ -113,29 +136,28 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
-        let mut entries = lock(entries);
+        let mut entries = write(entries);
         if let Some(slot) = entries.map.get(workspace) {
             match slot.load.peek() {
                 // In flight, and not so old that it may never finish (a store that hangs).
                 None if now < slot.started + self.ttl.max(MAX_JOIN_AGE) => {
-                    metrics::counter!("tower_budget_cache_total", "result" => "coalesced")
-                        .increment(1);
+                    CacheMetrics::get().coalesced.increment(1);
                     return slot.load.clone();
                 }
                 Some(Ok(_)) if now < slot.started + self.ttl => {
-                    metrics::counter!("tower_budget_cache_total", "result" => "hit").increment(1);
+                    CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
                 Some(Err(e))
                     if matches!(**e, StoreError::NotFound) && now < slot.started + self.ttl =>
                 {
-                    metrics::counter!("tower_budget_cache_total", "result" => "hit").increment(1);
+                    CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
                 _ => {}
             }
         }
-        metrics::counter!("tower_budget_cache_total", "result" => "miss").increment(1);
+        CacheMetrics::get().miss.increment(1);
         // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
         // it to the next one, which finds it in the map and carries on from where it stopped.
         let load: Load<T> = start().map(|r| r.map_err(Arc::new)).boxed().shared();
@@ -171,7 +193,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// request asks the store again.
     async fn finish<T: Clone>(
         &self,
-        entries: &Mutex<Entries<T>>,
+        entries: &RwLock<Entries<T>>,
         workspace: &WorkspaceId,
         load: Load<T>,
     ) -> Result<T, StoreError> {
@@ -179,7 +201,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             Ok(v) => Ok(v),
             Err(e) => {
                 if !matches!(*e, StoreError::NotFound) {
-                    let mut entries = lock(entries);
+                    let mut entries = write(entries);
                     if entries
                         .map
                         .get(workspace)
@@ -211,8 +233,12 @@ fn shared_error(e: Arc<StoreError>) -> StoreError {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
@@ -232,6 +258,9 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        if let Some(answer) = self.cached(&self.registration, workspace) {
+            return answer;
+        }
         let load = self.load(&self.registration, workspace, || {
             let (inner, ws) = (self.inner.clone(), workspace.clone());
             async move { inner.registration(&ws).await }
@@ -264,7 +293,14 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
             .await
     }
 
+    fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
+        self.cached(&self.status, workspace)
+    }
+
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
+        if let Some(answer) = self.cached(&self.status, workspace) {
+            return answer;
+        }
         let load = self.load(&self.status, workspace, || {
             let (inner, ws) = (self.inner.clone(), workspace.clone());
             async move { inner.status(&ws).await }
@@ -281,7 +317,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         let over = *over;
         // A cached answer computed for other limits is of no use: ask again.
         {
-            let mut entries = lock(&self.retry);
+            let mut entries = write(&self.retry);
             let stale = entries
                 .map
                 .get(workspace)
@@ -294,7 +330,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
             let (inner, ws) = (self.inner.clone(), workspace.clone());
             async move { inner.retry_after(&ws, &over).await.map(|r| (over, r)) }
         });
-        let loaded_at = lock(&self.retry)
+        let loaded_at = write(&self.retry)
             .map
             .get(workspace)
             .map_or(started, |s| s.started);

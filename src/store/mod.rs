@@ -223,6 +223,14 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// Limits and spend per trailing window, now.
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError>;
 
+    /// The [`status`](Self::status) answer if it is at hand without waiting (a fresh cache
+    /// entry), else `None`. The layer serves a request from it without any future, timer or
+    /// allocation. Stores that always wait keep the default, `None`.
+    fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
+        let _ = workspace;
+        None
+    }
+
     /// For each period in `over` whose limit is above 0, how long until enough of the current
     /// spend in its window has aged out for spend to fall below the limit if nothing new is
     /// spent. `None` where no wait helps (a limit of 0, or no limit).
@@ -285,6 +293,9 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     }
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
         (**self).status(workspace).await
+    }
+    fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
+        (**self).status_now(workspace)
     }
     async fn retry_after(
         &self,

@@ -57,7 +57,12 @@ impl Gateway {
     /// Starts the gateway with exactly `args` and extra environment `env`; waits (≤ 60 s) for
     /// its "listening on" line.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut cmd = Command::new(binary());
+        Gateway::start_binary(&binary(), args, env)
+    }
+
+    /// Like [`start_raw`](Self::start_raw) with another build of the gateway.
+    pub fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "warn")
