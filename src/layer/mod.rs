@@ -59,7 +59,7 @@
 //! | `tower_budget_store_failures_total` | counter | `cause`: `timeout`, `store_error`, `breaker_open` |
 //! | `tower_budget_cache_total` | counter | `result`: `hit`, `miss`, `coalesced` |
 //! | `tower_budget_breaker_state` | gauge | 0 closed, 1 open, 2 half-open |
-//! | `tower_budget_check_duration_seconds` | histogram | — (the whole check, cache included) |
+//! | `tower_budget_check_duration_seconds` | histogram | — (checks that wait for the store; cached allowed decisions are served without one) |
 //!
 //! # Example: axum
 //!
