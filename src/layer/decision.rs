@@ -1,5 +1,6 @@
 //! What the layer decided for one request, and the responses and headers that follow from it.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,9 @@ use crate::period::{PerPeriod, Period};
 use crate::store::BudgetStatus;
 use crate::WorkspaceId;
 
-/// The layer's decision, put in the extensions of every response for a checked request.
+/// The layer's decision for a checked request. A request that reaches the inner service carries
+/// it in its extensions (an axum handler takes it with `Extension<BudgetDecision>`); a response
+/// the layer makes itself (402, 503) carries it in the response's extensions.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum BudgetDecision {
@@ -195,6 +198,49 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 ///
 /// `RateLimit` names the period with the least remaining. Nothing is added without limits.
 pub(crate) fn insert_budget_headers(status: &BudgetStatus, headers: &mut HeaderMap) {
+    // Outside a usable thread-local (thread teardown), render afresh.
+    let rendered = RENDERED
+        .try_with(|memo| memo.borrow_mut().get(status))
+        .unwrap_or_else(|_| render_budget_headers(status));
+    if let Some((policy, current)) = rendered {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+        headers.insert(RATELIMIT.clone(), current);
+    }
+}
+
+type Rendered = Option<(HeaderValue, HeaderValue)>;
+
+/// How many statuses each thread keeps rendered headers for.
+const MEMO_SLOTS: usize = 4;
+
+thread_local! {
+    /// Header values rendered for the last few statuses seen on this thread. A workspace's
+    /// status changes at most once per cache refresh, so nearly every response reuses values
+    /// rendered for an earlier one: cloning a `HeaderValue` is a reference count, rendering is
+    /// formatting and two allocations (the same idea as hyper's per-thread `Date` header).
+    static RENDERED: RefCell<HeaderMemo> = RefCell::new(HeaderMemo::default());
+}
+
+#[derive(Default)]
+struct HeaderMemo {
+    slots: [Option<(BudgetStatus, Rendered)>; MEMO_SLOTS],
+    /// The slot the next new status replaces (round robin).
+    next: usize,
+}
+
+impl HeaderMemo {
+    fn get(&mut self, status: &BudgetStatus) -> Rendered {
+        if let Some((_, rendered)) = self.slots.iter().flatten().find(|(s, _)| s == status) {
+            return rendered.clone();
+        }
+        let rendered = render_budget_headers(status);
+        self.slots[self.next] = Some((*status, rendered.clone()));
+        self.next = (self.next + 1) % MEMO_SLOTS;
+        rendered
+    }
+}
+
+fn render_budget_headers(status: &BudgetStatus) -> Rendered {
     let mut numbers = itoa::Buffer::new();
     let mut policy = String::with_capacity(96);
     let mut tightest: Option<(Period, i64)> = None;
@@ -214,22 +260,17 @@ pub(crate) fn insert_budget_headers(status: &BudgetStatus, headers: &mut HeaderM
             tightest = Some((line.period, remaining));
         }
     }
-    let Some((period, remaining)) = tightest else {
-        return;
-    };
+    let (period, remaining) = tightest?;
     let mut current = String::with_capacity(32);
     current.push('"');
     current.push_str(period.name());
     current.push_str("\";r=");
     current.push_str(numbers.format(remaining));
     // Period names and digits are always valid header text.
-    if let (Ok(policy), Ok(current)) = (
-        HeaderValue::try_from(policy),
-        HeaderValue::try_from(current),
-    ) {
-        headers.insert(RATELIMIT_POLICY.clone(), policy);
-        headers.insert(RATELIMIT.clone(), current);
-    }
+    Some((
+        HeaderValue::from_str(&policy).ok()?,
+        HeaderValue::from_str(&current).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -316,5 +357,31 @@ mod tests {
         let mut h = HeaderMap::new();
         insert_budget_headers(&status(&[], 250), &mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn memoised_headers_match_a_fresh_rendering() {
+        // More statuses than the memo holds, visited in an order that reuses and evicts slots.
+        let statuses: Vec<BudgetStatus> = (0..3 * MEMO_SLOTS as i64)
+            .map(|i| {
+                status(
+                    &[(Period::HOURLY, 1000 + i % 3), (Period::WEEKLY, 5000)],
+                    10 * i,
+                )
+            })
+            .collect();
+        for round in 0..3 {
+            for (i, s) in statuses.iter().enumerate().rev().skip(round) {
+                let mut h = HeaderMap::new();
+                insert_budget_headers(s, &mut h);
+                let (policy, current) = render_budget_headers(s).unwrap();
+                assert_eq!(h[&RATELIMIT_POLICY], policy, "status {i}, round {round}");
+                assert_eq!(h[&RATELIMIT], current, "status {i}, round {round}");
+                // And again at once: served from the memo.
+                let mut again = HeaderMap::new();
+                insert_budget_headers(s, &mut again);
+                assert_eq!(again, h, "status {i}, round {round}");
+            }
+        }
     }
 }
