@@ -25,16 +25,22 @@ use tower_budget::store::{BudgetStore, Heartbeat, MemoryStore};
 
 type Body = Full<Bytes>;
 
-/// An inner service that counts its calls and answers 200 "ok".
+/// An inner service that counts its calls and answers 200 "ok", with the [`BudgetDecision`] it
+/// found in the request's extensions copied to the response's (so the tests below read what the
+/// layer handed to the inner service where the layer answers itself otherwise).
 fn inner(
     calls: Arc<AtomicUsize>,
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
        + 'static {
-    service_fn(move |_req: Request<Body>| {
+    service_fn(move |req: Request<Body>| {
         calls.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
+        if let Some(decision) = req.extensions().get::<BudgetDecision>() {
+            res.extensions_mut().insert(decision.clone());
+        }
+        async { Ok::<_, Infallible>(res) }
     })
 }
 

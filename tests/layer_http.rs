@@ -20,7 +20,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_budget::clock::ManualClock;
-use tower_budget::layer::BudgetLayer;
+use tower_budget::layer::{BudgetDecision, BudgetLayer};
 use tower_budget::period::{LimitsPatch, Period};
 use tower_budget::store::postgres::{PgStore, PoolOptions};
 use tower_budget::store::{BudgetStore, Heartbeat, MemoryStore};
@@ -94,7 +94,19 @@ async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: Manual
     let app = axum::Router::new()
         .route(
             "/workspaces/{id}/a2a",
-            axum::routing::any(|| async { "agent answer" }),
+            // A handler sees the check's result in the request's extensions.
+            axum::routing::any(
+                |decision: Option<axum::Extension<BudgetDecision>>| async move {
+                    match decision.as_deref() {
+                        Some(BudgetDecision::Allowed { status, .. }) => format!(
+                            "agent answer, {} cents left this hour",
+                            status.period(Period::HOURLY).remaining.unwrap()
+                        ),
+                        Some(other) => format!("agent answer ({})", other.label()),
+                        None => "agent answer (not checked)".to_owned(),
+                    }
+                },
+            ),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .layer(layer);
@@ -121,11 +133,11 @@ async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: Manual
         get(&client, addr, "/healthz").await.status(),
         StatusCode::OK
     );
+    let res = get(&client, addr, "/workspaces/stranger/a2a").await;
+    assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
-        get(&client, addr, "/workspaces/stranger/a2a")
-            .await
-            .status(),
-        StatusCode::OK
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "agent answer (unregistered)"
     );
 
     set_limits(&writes, "ws-1", &[(Period::HOURLY, Some(5_000))]).await;
@@ -133,7 +145,7 @@ async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: Manual
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.into_body().collect().await.unwrap().to_bytes(),
-        "agent answer"
+        "agent answer, 3800 cents left this hour"
     );
 }
 

@@ -12,6 +12,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::decision::{insert_budget_headers, payment_required, BudgetDecision};
 use super::layer::Shared;
+use crate::store::BudgetStatus;
 
 pin_project! {
     /// Response future of [`BudgetService`](super::BudgetService).
@@ -30,17 +31,16 @@ pin_project! {
     where
         S: Service<Request<ReqB>>,
     {
+        // Boxed: a cache miss waits for the store anyway, and the future every request carries
+        // stays small.
         Checking {
-            check: BoxFuture<'static, BudgetDecision>,
-            inner: Option<S>,
-            request: Option<Request<ReqB>>,
-            shared: Arc<Shared>,
+            checking: Box<Checking<S, ReqB>>,
         },
         Calling {
             #[pin]
             future: S::Future,
-            decision: Option<BudgetDecision>,
-            headers: bool,
+            // The status to render budget headers from, when they are on.
+            headers: Option<BudgetStatus>,
         },
         Responding {
             response: Option<Response<Bytes>>,
@@ -48,24 +48,26 @@ pin_project! {
     }
 }
 
+struct Checking<S, ReqB> {
+    check: BoxFuture<'static, BudgetDecision>,
+    inner: Option<S>,
+    request: Option<Request<ReqB>>,
+    shared: Arc<Shared>,
+}
+
 impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
     pub(crate) fn pass(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Calling {
                 future,
-                decision: None,
-                headers: false,
+                headers: None,
             },
         }
     }
 
-    pub(crate) fn allowed(future: S::Future, decision: BudgetDecision, headers: bool) -> Self {
+    pub(crate) fn allowed(future: S::Future, headers: Option<BudgetStatus>) -> Self {
         ResponseFuture {
-            state: State::Calling {
-                future,
-                decision: Some(decision),
-                headers,
-            },
+            state: State::Calling { future, headers },
         }
     }
 
@@ -85,10 +87,12 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
     ) -> Self {
         ResponseFuture {
             state: State::Checking {
-                check,
-                inner: Some(inner),
-                request: Some(request),
-                shared,
+                checking: Box::new(Checking {
+                    check,
+                    inner: Some(inner),
+                    request: Some(request),
+                    shared,
+                }),
             },
         }
     }
@@ -104,12 +108,13 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Checking {
-                    check,
-                    inner,
-                    request,
-                    shared,
-                } => {
+                StateProj::Checking { checking } => {
+                    let Checking {
+                        check,
+                        inner,
+                        request,
+                        shared,
+                    } = &mut **checking;
                     let decision = ready!(check.as_mut().poll(cx));
                     if !decision.is_allowed() {
                         let mut response = match &decision {
@@ -125,31 +130,19 @@ where
                         });
                         continue;
                     }
-                    let (mut inner, request) = match (inner.take(), request.take()) {
+                    let (mut inner, mut request) = match (inner.take(), request.take()) {
                         (Some(i), Some(r)) => (i, r),
                         _ => unreachable!("the check completes once"),
                     };
-                    let headers = shared.budget_headers;
+                    let headers = shared.headers_for(&decision);
+                    request.extensions_mut().insert(decision);
                     let future = inner.call(request);
-                    this.state.set(State::Calling {
-                        future,
-                        decision: Some(decision),
-                        headers,
-                    });
+                    this.state.set(State::Calling { future, headers });
                 }
-                StateProj::Calling {
-                    future,
-                    decision,
-                    headers,
-                } => {
+                StateProj::Calling { future, headers } => {
                     let mut response = ready!(future.poll(cx))?.map(ResponseBody::inner);
-                    if let Some(decision) = decision.take() {
-                        if let (true, BudgetDecision::Allowed { status, .. }) =
-                            (*headers, &decision)
-                        {
-                            insert_budget_headers(status, response.headers_mut());
-                        }
-                        response.extensions_mut().insert(decision);
+                    if let Some(status) = headers {
+                        insert_budget_headers(status, response.headers_mut());
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -13,7 +13,7 @@ use super::service::BudgetService;
 use super::telemetry::LayerMetrics;
 use crate::period::Limits;
 use crate::store::{
-    BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
+    BudgetStatus, BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
 };
 use crate::WorkspaceId;
 
@@ -239,6 +239,14 @@ impl Shared {
         metrics.record(&decision);
         tracing::debug!(workspace = %decision.workspace(), decision = decision.label(), ?took, "budget check");
         decision
+    }
+
+    /// The status to render budget headers from, for an allowed `decision`, when they are on.
+    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Option<BudgetStatus> {
+        match decision {
+            BudgetDecision::Allowed { status, .. } if self.budget_headers => Some(*status),
+            _ => None,
+        }
     }
 
     /// The decision when it needs no waiting: a cached status that allows the request (or an

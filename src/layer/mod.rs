@@ -25,7 +25,10 @@
 //!    when a limit of 0 is among the exceeded (no wait helps);
 //! 4. otherwise calls the inner service. Bodies are never buffered: streams (SSE) pass through.
 //!
-//! Every checked response carries the [`BudgetDecision`] in its extensions.
+//! The [`BudgetDecision`] travels with the request: a request that reaches the inner service
+//! carries it in its extensions (handlers can read the workspace's limits and spend; in axum,
+//! `Extension<BudgetDecision>`), and a response the layer makes itself (402, 503) carries it in
+//! the response's extensions.
 //!
 //! # When the store is slow or down
 //!

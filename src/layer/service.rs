@@ -50,7 +50,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let exempt = self.shared.exempt.as_ref().is_some_and(|e| e(&parts));
         let workspace = if exempt {
             None
@@ -60,9 +60,8 @@ where
                 .resolve(&parts)
                 .map(|raw| WorkspaceId::new(&raw))
         };
-        let request = Request::from_parts(parts, body);
         match workspace {
-            None => ResponseFuture::pass(self.inner.call(request)),
+            None => ResponseFuture::pass(self.inner.call(Request::from_parts(parts, body))),
             Some(Err(e)) => ResponseFuture::respond(crate::response::error(
                 StatusCode::BAD_REQUEST,
                 format!("invalid workspace id: {e}"),
@@ -70,8 +69,10 @@ where
             Some(Ok(workspace)) => match self.shared.decide_now(workspace) {
                 // A cached answer: call the ready inner service right away.
                 Ok(decision) => {
-                    let headers = self.shared.budget_headers;
-                    ResponseFuture::allowed(self.inner.call(request), decision, headers)
+                    let headers = self.shared.headers_for(&decision);
+                    parts.extensions.insert(decision);
+                    let future = self.inner.call(Request::from_parts(parts, body));
+                    ResponseFuture::allowed(future, headers)
                 }
                 Err(workspace) => {
                     // The inner service was made ready by poll_ready: take that one into the
@@ -80,6 +81,7 @@ where
                     let clone = self.inner.clone();
                     let ready = std::mem::replace(&mut self.inner, clone);
                     let check = Box::pin(self.shared.clone().decide(workspace));
+                    let request = Request::from_parts(parts, body);
                     ResponseFuture::check(check, ready, request, self.shared.clone())
                 }
             },
