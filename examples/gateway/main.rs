@@ -10,7 +10,7 @@ mod card;
 mod config;
 mod proxy;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -188,19 +188,66 @@ fn app(
 async fn track(request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
     let route = if proxy::split_path(path).is_some() {
-        "proxy"
+        Route::Proxy
     } else if matches!(path, "/healthz" | "/metrics" | "/ui") {
-        "ops"
+        Route::Ops
     } else {
-        "api"
+        Route::Api
     };
     let started = Instant::now();
     let response = next.run(request).await.into_response();
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("gateway_requests_total", "route" => route, "status" => status).increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let metrics = RouteMetrics::get(route);
+    metrics.requests(response.status()).increment(1);
+    metrics.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Proxy,
+    Ops,
+    Api,
+}
+
+impl Route {
+    const ALL: [Route; 3] = [Route::Proxy, Route::Ops, Route::Api];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Proxy => "proxy",
+            Route::Ops => "ops",
+            Route::Api => "api",
+        }
+    }
+}
+
+/// A route class's metric handles, resolved once each: on the request path a metric is an
+/// atomic add, not a registry lookup with allocated labels.
+struct RouteMetrics {
+    route: &'static str,
+    duration: metrics::Histogram,
+    /// `gateway_requests_total{route, status}`, by status code 100..=999.
+    requests: [OnceLock<metrics::Counter>; 900],
+}
+
+impl RouteMetrics {
+    fn get(route: Route) -> &'static RouteMetrics {
+        static ALL: OnceLock<[RouteMetrics; 3]> = OnceLock::new();
+        &ALL.get_or_init(|| {
+            Route::ALL.map(|r| RouteMetrics {
+                route: r.label(),
+                duration: metrics::histogram!("gateway_request_duration_seconds", "route" => r.label()),
+                requests: [const { OnceLock::new() }; 900],
+            })
+        })[route as usize]
+    }
+
+    fn requests(&self, status: http::StatusCode) -> &metrics::Counter {
+        // `StatusCode` is always 100..=999.
+        self.requests[usize::from(status.as_u16() - 100)].get_or_init(|| {
+            metrics::counter!("gateway_requests_total", "route" => self.route, "status" => status.as_str().to_owned())
+        })
+    }
 }
 
 async fn shutdown_signal() {
