@@ -14,6 +14,9 @@ SPACING = 0.3
 
 class Agent(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY the body waits for the
+    # peer's delayed ACK (~40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
