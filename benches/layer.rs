@@ -17,7 +17,7 @@ use criterion::Criterion;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_budget::layer::BudgetLayer;
+use tower_budget::layer::{BudgetDecision, BudgetLayer};
 use tower_budget::period::{LimitsPatch, Period};
 use tower_budget::store::postgres::PgStore;
 use tower_budget::store::{BudgetStore, MemoryStore};
@@ -57,29 +57,36 @@ fn main() {
         store
     });
 
-    let cached = BudgetLayer::from_arc(memory.clone())
-        .with_cache_ttl(Duration::from_secs(3600))
-        .layer(inner);
-    let miss_memory = BudgetLayer::from_arc(memory.clone())
-        .with_cache_ttl(Duration::from_nanos(1))
-        .layer(inner);
+    let cached = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_secs(3600));
+    let miss_memory = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_nanos(1));
     let miss_pg = BudgetLayer::new(pg)
         .with_cache_ttl(Duration::from_nanos(1))
         .with_check_timeout(Duration::from_secs(5))
-        .unwrap()
-        .layer(inner);
-    // Every variant must answer 200 through the layer: a failing check would measure nothing.
+        .unwrap();
+    // Every variant must let the request through on an allowed decision: a failing check would
+    // measure nothing. This inner service answers 200 only when the layer handed it one.
+    let probe = service_fn(|req: Request<Body>| async move {
+        let allowed = matches!(
+            req.extensions().get::<BudgetDecision>(),
+            Some(BudgetDecision::Allowed { .. })
+        );
+        let mut res = Response::new(Body::default());
+        if !allowed {
+            *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        Ok::<_, Infallible>(res)
+    });
     rt.block_on(async {
-        for svc in [&cached, &miss_memory, &miss_pg] {
-            let res = svc.clone().oneshot(request()).await.unwrap();
+        for layer in [&cached, &miss_memory, &miss_pg] {
+            let res = layer.layer(probe).oneshot(request()).await.unwrap();
             assert_eq!(res.status(), StatusCode::OK);
-            assert!(matches!(
-                res.extensions()
-                    .get::<tower_budget::layer::BudgetDecision>(),
-                Some(tower_budget::layer::BudgetDecision::Allowed { .. })
-            ));
         }
     });
+    let (cached, miss_memory, miss_pg) = (
+        cached.layer(inner),
+        miss_memory.layer(inner),
+        miss_pg.layer(inner),
+    );
 
     let mut c = Criterion::default()
         .sample_size(60)
