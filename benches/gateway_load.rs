@@ -4,9 +4,12 @@
 //! 2. the gateway built with `bench-bypass-budget` (the same proxy code, no budget layer),
 //! 3. the gateway as shipped: budget layer on, Postgres store, decision cache on (1 s).
 //!
-//! Release builds; 2 wrk threads, 32 connections, 10 s each after a 2 s warm-up, JSON-RPC
-//! `SendMessage` POSTs; three rounds in rotating order, medians reported. Prints a Markdown table
-//! (throughput and latency percentiles, ratios).
+//! Release builds; 2 wrk threads, 32 connections, JSON-RPC `SendMessage` POSTs. The machine is
+//! shared and noisy, so the run is many short rounds: in each, every target gets a 1 s warm-up
+//! and a measured stretch, in an order that rotates from round to round, and the layer's figure
+//! is the ratio to the bypass build *of the same round*; the report gives the median of those
+//! paired ratios with their spread, and the median of each target's figures.
+//! `GATEWAY_LOAD_ROUNDS` (default 10) and `GATEWAY_LOAD_SECONDS` (default 5) change the length.
 //! Run with `scripts/bench --bench gateway_load`.
 
 #[path = "../tests/common/agent.rs"]
@@ -22,11 +25,16 @@ mod pg;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const DURATION: &str = "8s";
-const WARM_UP: &str = "2s";
+const WARM_UP: &str = "1s";
 const CONNECTIONS: &str = "32";
 const THREADS: &str = "2";
-const ROUNDS: usize = 5;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 struct Run {
     name: &'static str,
@@ -104,10 +112,10 @@ fn percentile(report: &str, label: &str) -> f64 {
     }
 }
 
-fn measure(name: &'static str, url: &str, script: &Path, pid: Option<u32>) -> Run {
+fn measure(name: &'static str, url: &str, script: &Path, pid: Option<u32>, duration: &str) -> Run {
     wrk(url, script, WARM_UP);
     let before = pid.map(cpu_ticks);
-    let report = wrk(url, script, DURATION);
+    let report = wrk(url, script, duration);
     let spent = pid
         .zip(before)
         .map(|(p, b)| (cpu_ticks(p) - b) / ticks_per_second());
@@ -139,23 +147,38 @@ fn measure(name: &'static str, url: &str, script: &Path, pid: Option<u32>) -> Ru
     }
 }
 
-/// The median of each figure over the rounds.
-fn median(mut runs: Vec<Run>) -> Run {
-    let mid = runs.len() / 2;
-    let pick = |runs: &mut Vec<Run>, f: fn(&Run) -> f64| {
-        runs.sort_by(|a, b| f(a).total_cmp(&f(b)));
-        f(&runs[mid])
+/// The median of `values` (which it sorts), and the smallest and largest.
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    let median = if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
     };
-    let rps = pick(&mut runs, |r| r.rps);
-    let p50_ms = pick(&mut runs, |r| r.p50_ms);
-    let p99_ms = pick(&mut runs, |r| r.p99_ms);
-    let cpu_us = pick(&mut runs, |r| r.cpu_us);
+    (median, values[0], values[values.len() - 1])
+}
+
+/// The geometric mean of `ratios` and a 95 % confidence interval for it (normal approximation on
+/// the logarithms: rounds are independent, the noise multiplicative).
+fn geometric_mean_ci(ratios: &[f64]) -> (f64, f64, f64) {
+    let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let half = 1.96 * (variance / n).sqrt();
+    (mean.exp(), (mean - half).exp(), (mean + half).exp())
+}
+
+/// The median of each figure over the rounds.
+fn median(runs: &[Run]) -> Run {
+    let pick = |f: fn(&Run) -> f64| spread(&mut runs.iter().map(f).collect::<Vec<_>>()).0;
     Run {
         name: runs[0].name,
-        rps,
-        p50_ms,
-        p99_ms,
-        cpu_us,
+        rps: pick(|r| r.rps),
+        p50_ms: pick(|r| r.p50_ms),
+        p99_ms: pick(|r| r.p99_ms),
+        cpu_us: pick(|r| r.cpu_us),
     }
 }
 
@@ -181,7 +204,8 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
     let sep = if base.contains('?') { '&' } else { '?' };
     let db = format!("{base}{sep}options=-csearch_path%3D{schema}");
     let mut gateways = Vec::new();
-    for binary in [&bypass, &shipped] {
+    // The bypass build twice: the second copy measures the noise floor (an A/A comparison).
+    for binary in [&bypass, &shipped, &bypass] {
         let gw = gateway::Gateway::start_binary(
             binary,
             &[
@@ -216,9 +240,9 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
         });
         gateways.push(gw);
     }
-    // The machine is shared and noisy: the three targets take turns, ROUNDS times, in a rotating
-    // order, and each figure is the median of its rounds.
-    let targets: [(&'static str, String, Option<u32>); 3] = [
+    // The machine is shared and noisy: the three targets take turns, round after round, in a
+    // rotating order; the layer is compared with the bypass build of the same round.
+    let targets: [(&'static str, String, Option<u32>); 4] = [
         ("agent, direct", format!("{}/", agent.url()), None),
         (
             "gateway, no budget layer",
@@ -230,16 +254,47 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
             gateways[1].url("/workspaces/ws-1/a2a/"),
             Some(gateways[1].child.id()),
         ),
+        (
+            "gateway, no budget layer, second process (A/A)",
+            gateways[2].url("/workspaces/ws-1/a2a/"),
+            Some(gateways[2].child.id()),
+        ),
     ];
+    let rounds = setting("GATEWAY_LOAD_ROUNDS", 10);
+    let duration = format!("{}s", setting("GATEWAY_LOAD_SECONDS", 5));
     let mut samples: Vec<Vec<Run>> = (0..targets.len()).map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for k in 0..targets.len() {
             let i = (k + round) % targets.len();
-            samples[i].push(measure(targets[i].0, &targets[i].1, &script, targets[i].2));
+            let (name, url, pid) = &targets[i];
+            samples[i].push(measure(name, url, &script, *pid, &duration));
         }
     }
-    let runs: Vec<Run> = samples.into_iter().map(median).collect();
-    let (direct, bare, layered) = (&runs[0], &runs[1], &runs[2]);
+    let ratios = |target: usize, f: fn(&Run) -> f64| -> Vec<f64> {
+        samples[target]
+            .iter()
+            .zip(&samples[1])
+            .map(|(other, bare)| f(other) / f(bare))
+            .collect()
+    };
+    let paired = |target: usize, f: fn(&Run) -> f64| spread(&mut ratios(target, f));
+    let listed: Vec<String> = ratios(2, |r| r.rps)
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect();
+    println!(
+        "BudgetLayer / bypass throughput, round by round: {}",
+        listed.join(" ")
+    );
+    let (mean, low, high) = geometric_mean_ci(&ratios(2, |r| r.rps));
+    println!(
+        "  geometric mean {mean:.3}×, 95% confidence interval {low:.3}–{high:.3} (normal approximation on log ratios)"
+    );
+    println!();
+    let runs: Vec<Run> = samples.iter().map(|s| median(s)).collect();
+    let (direct, layered) = (&runs[0], &runs[2]);
+    println!("{rounds} rounds of {duration} per target; medians:");
+    println!();
     println!("| target | requests/s | p50 | p99 | gateway CPU per request |");
     println!("|---|---:|---:|---:|---:|");
     for r in &runs {
@@ -254,15 +309,23 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
         );
     }
     println!();
-    println!(
-        "BudgetLayer throughput / same proxy without it: {:.3}×",
-        layered.rps / bare.rps
-    );
-    println!(
-        "BudgetLayer CPU per request: {:+.1} µs ({:.3}× the proxy without it)",
-        layered.cpu_us - bare.cpu_us,
-        layered.cpu_us / bare.cpu_us
-    );
+    for (target, what) in [
+        (2, "BudgetLayer / same proxy without it"),
+        (
+            3,
+            "noise floor: proxy without the layer / itself in another process",
+        ),
+    ] {
+        for (figure, f) in [
+            ("throughput", (|r: &Run| r.rps) as fn(&Run) -> f64),
+            ("gateway CPU per request", |r: &Run| r.cpu_us),
+        ] {
+            let (median, low, high) = paired(target, f);
+            println!(
+                "{what}, {figure}, paired by round: median {median:.3}× (rounds: {low:.3}–{high:.3})"
+            );
+        }
+    }
     println!(
         "gateway + layer vs agent direct: p50 +{:.2} ms, p99 +{:.2} ms (throughput {:.2}×)",
         layered.p50_ms - direct.p50_ms,
