@@ -123,6 +123,28 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         Some(answer)
     }
 
+    /// A fresh cached answer for `workspace`, or the shared load of one: joined when in flight,
+    /// else started with `fetch` (given the inner store and the workspace).
+    async fn get<T, F, Fut>(
+        &self,
+        entries: &RwLock<Entries<T>>,
+        workspace: &WorkspaceId,
+        fetch: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce(Arc<S>, WorkspaceId) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        if let Some(answer) = self.cached(entries, workspace) {
+            return answer;
+        }
+        let load = self.load(entries, workspace, || {
+            fetch(self.inner.clone(), workspace.clone())
+        });
+        self.finish(entries, workspace, load).await
+    }
+
     /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`.
     fn load<T, F, Fut>(
         &self,
@@ -258,14 +280,10 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        if let Some(answer) = self.cached(&self.registration, workspace) {
-            return answer;
-        }
-        let load = self.load(&self.registration, workspace, || {
-            let (inner, ws) = (self.inner.clone(), workspace.clone());
-            async move { inner.registration(&ws).await }
-        });
-        self.finish(&self.registration, workspace, load).await
+        self.get(&self.registration, workspace, |inner, ws| async move {
+            inner.registration(&ws).await
+        })
+        .await
     }
 
     async fn workspace_for_token(
@@ -298,14 +316,10 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
-        if let Some(answer) = self.cached(&self.status, workspace) {
-            return answer;
-        }
-        let load = self.load(&self.status, workspace, || {
-            let (inner, ws) = (self.inner.clone(), workspace.clone());
-            async move { inner.status(&ws).await }
-        });
-        self.finish(&self.status, workspace, load).await
+        self.get(&self.status, workspace, |inner, ws| async move {
+            inner.status(&ws).await
+        })
+        .await
     }
 
     async fn retry_after(
