@@ -54,14 +54,15 @@ pub struct CachingStore<S: ?Sized> {
 }
 
 struct Entries<T> {
-    map: HashMap<WorkspaceId, Slot<T>>,
+    // Seeded per map: workspace ids come from requests, so the hash must not be predictable.
+    map: HashMap<WorkspaceId, Slot<T>, foldhash::fast::RandomState>,
     next_sweep: Instant,
 }
 
 impl<T> Default for Entries<T> {
     fn default() -> Self {
         Entries {
-            map: HashMap::new(),
+            map: HashMap::default(),
             next_sweep: Instant::now(),
         }
     }
