@@ -158,7 +158,14 @@ fn app(
 ) -> Router {
     let proxy = Proxy::new(store, public_url, upstream_timeout);
     #[cfg(not(feature = "bench-bypass-budget"))]
-    let proxied = tower::ServiceBuilder::new().layer(layer).service(proxy);
+    let proxied = {
+        use tower_budget::layer::ResponseBody;
+        tower::ServiceBuilder::new()
+            // Hand axum the proxy's own body type, so it does not box the layer's body around it.
+            .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
+            .layer(layer)
+            .service(proxy)
+    };
     #[cfg(feature = "bench-bypass-budget")]
     let proxied = {
         drop(layer);

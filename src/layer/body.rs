@@ -39,6 +39,33 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl<B: From<Bytes>> ResponseBody<B> {
+    /// The body as the inner service's own body type, for body types that can hold the layer's
+    /// bytes (axum's `Body`, `Full<Bytes>`, …). A framework that would otherwise box the
+    /// `ResponseBody` around an already boxed body then keeps one box, not two:
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use tower::ServiceBuilder;
+    /// use tower_budget::layer::{BudgetLayer, ResponseBody};
+    /// use tower_budget::store::MemoryStore;
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
+    ///     .layer(BudgetLayer::new(MemoryStore::new()))
+    ///     .service_fn(|_req: http::Request<Body>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("agent answer")))
+    ///     });
+    /// # drop(service);
+    /// ```
+    pub fn into_body(self) -> B {
+        match self.inner {
+            Inner::Body { body } => body,
+            Inner::Full { data } => B::from(data.unwrap_or_default()),
+        }
+    }
+}
+
 impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
