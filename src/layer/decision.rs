@@ -1,6 +1,5 @@
 //! What the layer decided for one request, and the responses and headers that follow from it.
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -197,50 +196,18 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// ```
 ///
 /// `RateLimit` names the period with the least remaining. Nothing is added without limits.
-pub(crate) fn insert_budget_headers(status: &BudgetStatus, headers: &mut HeaderMap) {
-    // Outside a usable thread-local (thread teardown), render afresh.
-    let rendered = RENDERED
-        .try_with(|memo| memo.borrow_mut().get(status))
-        .unwrap_or_else(|_| render_budget_headers(status));
+pub(crate) fn insert_budget_headers(rendered: Rendered, headers: &mut HeaderMap) {
     if let Some((policy, current)) = rendered {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), current);
     }
 }
 
-type Rendered = Option<(HeaderValue, HeaderValue)>;
+/// Budget header values (`RateLimit-Policy`, `RateLimit`), `None` without limits. Rendered once
+/// per cached status and thread (see the layer's front cache), cloned for each response.
+pub(crate) type Rendered = Option<(HeaderValue, HeaderValue)>;
 
-/// How many statuses each thread keeps rendered headers for.
-const MEMO_SLOTS: usize = 4;
-
-thread_local! {
-    /// Header values rendered for the last few statuses seen on this thread. A workspace's
-    /// status changes at most once per cache refresh, so nearly every response reuses values
-    /// rendered for an earlier one: cloning a `HeaderValue` is a reference count, rendering is
-    /// formatting and two allocations (the same idea as hyper's per-thread `Date` header).
-    static RENDERED: RefCell<HeaderMemo> = RefCell::new(HeaderMemo::default());
-}
-
-#[derive(Default)]
-struct HeaderMemo {
-    slots: [Option<(BudgetStatus, Rendered)>; MEMO_SLOTS],
-    /// The slot the next new status replaces (round robin).
-    next: usize,
-}
-
-impl HeaderMemo {
-    fn get(&mut self, status: &BudgetStatus) -> Rendered {
-        if let Some((_, rendered)) = self.slots.iter().flatten().find(|(s, _)| s == status) {
-            return rendered.clone();
-        }
-        let rendered = render_budget_headers(status);
-        self.slots[self.next] = Some((*status, rendered.clone()));
-        self.next = (self.next + 1) % MEMO_SLOTS;
-        rendered
-    }
-}
-
-fn render_budget_headers(status: &BudgetStatus) -> Rendered {
+pub(crate) fn render_budget_headers(status: &BudgetStatus) -> Rendered {
     let mut numbers = itoa::Buffer::new();
     let mut policy = String::with_capacity(96);
     let mut tightest: Option<(Period, i64)> = None;
@@ -339,49 +306,24 @@ mod tests {
 
     #[test]
     fn budget_headers() {
-        let mut h = HeaderMap::new();
-        insert_budget_headers(
-            &status(&[(Period::HOURLY, 1000), (Period::MONTHLY, 20000)], 250),
-            &mut h,
-        );
+        let headers = |s: BudgetStatus| {
+            let mut h = HeaderMap::new();
+            insert_budget_headers(render_budget_headers(&s), &mut h);
+            h
+        };
+        let h = headers(status(
+            &[(Period::HOURLY, 1000), (Period::MONTHLY, 20000)],
+            250,
+        ));
         assert_eq!(
             h[&RATELIMIT_POLICY],
             r#""hourly";q=1000;w=3600, "monthly";q=20000;w=2592000"#
         );
         assert_eq!(h[&RATELIMIT], r#""hourly";r=750"#);
 
-        let mut h = HeaderMap::new();
-        insert_budget_headers(&status(&[(Period::DAILY, 100)], 250), &mut h);
+        let h = headers(status(&[(Period::DAILY, 100)], 250));
         assert_eq!(h[&RATELIMIT], r#""daily";r=0"#, "never negative");
 
-        let mut h = HeaderMap::new();
-        insert_budget_headers(&status(&[], 250), &mut h);
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn memoised_headers_match_a_fresh_rendering() {
-        // More statuses than the memo holds, visited in an order that reuses and evicts slots.
-        let statuses: Vec<BudgetStatus> = (0..3 * MEMO_SLOTS as i64)
-            .map(|i| {
-                status(
-                    &[(Period::HOURLY, 1000 + i % 3), (Period::WEEKLY, 5000)],
-                    10 * i,
-                )
-            })
-            .collect();
-        for round in 0..3 {
-            for (i, s) in statuses.iter().enumerate().rev().skip(round) {
-                let mut h = HeaderMap::new();
-                insert_budget_headers(s, &mut h);
-                let (policy, current) = render_budget_headers(s).unwrap();
-                assert_eq!(h[&RATELIMIT_POLICY], policy, "status {i}, round {round}");
-                assert_eq!(h[&RATELIMIT], current, "status {i}, round {round}");
-                // And again at once: served from the memo.
-                let mut again = HeaderMap::new();
-                insert_budget_headers(s, &mut again);
-                assert_eq!(again, h, "status {i}, round {round}");
-            }
-        }
+        assert!(headers(status(&[], 250)).is_empty());
     }
 }

@@ -10,9 +10,8 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::decision::{insert_budget_headers, payment_required, BudgetDecision};
+use super::decision::{insert_budget_headers, payment_required, BudgetDecision, Rendered};
 use super::layer::Shared;
-use crate::store::BudgetStatus;
 
 pin_project! {
     /// Response future of [`BudgetService`](super::BudgetService).
@@ -39,8 +38,8 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            // The status to render budget headers from, when they are on.
-            headers: Option<BudgetStatus>,
+            // The budget headers, when they are on.
+            headers: Rendered,
         },
         Responding {
             response: Option<Response<Bytes>>,
@@ -65,7 +64,7 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
         }
     }
 
-    pub(crate) fn allowed(future: S::Future, headers: Option<BudgetStatus>) -> Self {
+    pub(crate) fn allowed(future: S::Future, headers: Rendered) -> Self {
         ResponseFuture {
             state: State::Calling { future, headers },
         }
@@ -141,9 +140,7 @@ where
                 }
                 StateProj::Calling { future, headers } => {
                     let mut response = ready!(future.poll(cx))?.map(ResponseBody::inner);
-                    if let Some(status) = headers {
-                        insert_budget_headers(status, response.headers_mut());
-                    }
+                    insert_budget_headers(headers.take(), response.headers_mut());
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Responding { response } => {

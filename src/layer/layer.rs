@@ -7,13 +7,14 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::breaker::{Breaker, BreakerState};
-use super::decision::{Blocked, BudgetDecision, UnavailableCause};
+use super::decision::{render_budget_headers, Blocked, BudgetDecision, Rendered, UnavailableCause};
+use super::front;
 use super::resolve::{PathSegment, ResolveWorkspace};
 use super::service::BudgetService;
 use super::telemetry::LayerMetrics;
 use crate::period::Limits;
 use crate::store::{
-    BudgetStatus, BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
+    BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
 };
 use crate::WorkspaceId;
 
@@ -61,6 +62,8 @@ pub struct BudgetLayer {
 pub(crate) struct Shared {
     /// What checks ask: the caching store, or `raw` when the cache is off.
     store: Arc<dyn BudgetStore>,
+    /// The caching store, when the cache is on (the same one as `store`).
+    cache: Option<Arc<CachingStore<dyn BudgetStore>>>,
     raw: Arc<dyn BudgetStore>,
     cache_ttl: Duration,
     cache_capacity: usize,
@@ -100,6 +103,7 @@ impl BudgetLayer {
     pub fn from_arc(store: Arc<dyn BudgetStore>) -> Self {
         let mut shared = Shared {
             store: store.clone(),
+            cache: None,
             raw: store,
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -217,14 +221,16 @@ impl<S> Layer<S> for BudgetLayer {
 
 impl Shared {
     fn rebuild_cache(&mut self) {
-        self.store = if self.cache_ttl.is_zero() {
-            self.raw.clone()
-        } else {
+        self.cache = (!self.cache_ttl.is_zero()).then(|| {
             Arc::new(CachingStore::new(
                 self.raw.clone(),
                 self.cache_ttl,
                 self.cache_capacity,
             ))
+        });
+        self.store = match &self.cache {
+            Some(cache) => cache.clone(),
+            None => self.raw.clone(),
         };
     }
 
@@ -241,31 +247,48 @@ impl Shared {
         decision
     }
 
-    /// The status to render budget headers from, for an allowed `decision`, when they are on.
-    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Option<BudgetStatus> {
+    /// The budget headers for `decision` when it is allowed and they are on.
+    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Rendered {
         match decision {
-            BudgetDecision::Allowed { status, .. } if self.budget_headers => Some(*status),
+            BudgetDecision::Allowed { status, .. } if self.budget_headers => {
+                render_budget_headers(status)
+            }
             _ => None,
         }
     }
 
-    /// The decision when it needs no waiting: a cached status that allows the request (or an
-    /// unknown workspace) while the breaker is closed. `Err` hands the workspace back for the
-    /// full check.
-    pub(crate) fn decide_now(&self, workspace: WorkspaceId) -> Result<BudgetDecision, WorkspaceId> {
+    /// The decision, and its budget headers, when it needs no waiting: a cached status that
+    /// allows the request (or an unknown workspace) while the breaker is closed. `Err` hands the
+    /// workspace back for the full check.
+    pub(crate) fn decide_now(
+        &self,
+        workspace: WorkspaceId,
+    ) -> Result<(BudgetDecision, Rendered), WorkspaceId> {
         if !self.breaker.is_healthy() {
             return Err(workspace);
         }
-        let decision = match self.store.status_now(&workspace) {
-            Some(Ok(status)) if !status.is_exceeded() => {
-                BudgetDecision::Allowed { workspace, status }
-            }
-            Some(Err(StoreError::NotFound)) => BudgetDecision::Unregistered { workspace },
-            _ => return Err(workspace),
+        let (status, headers) = match &self.cache {
+            Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
+            // No cache of ours: the store may still have an answer at hand.
+            None => match self.store.status_now(&workspace) {
+                Some(Ok(status)) => Some((Some(status), None)),
+                Some(Err(StoreError::NotFound)) => Some((None, None)),
+                _ => None,
+            },
+        }
+        .ok_or_else(|| workspace.clone())?;
+        let decision = match status {
+            Some(status) if !status.is_exceeded() => BudgetDecision::Allowed { workspace, status },
+            None => BudgetDecision::Unregistered { workspace },
+            Some(_) => return Err(workspace),
+        };
+        let headers = match self.cache {
+            Some(_) => headers,
+            None => self.headers_for(&decision),
         };
         // Not timed: the histogram describes checks that wait for the store.
         LayerMetrics::get().record(&decision);
-        Ok(decision)
+        Ok((decision, headers))
     }
 
     async fn check(&self, workspace: WorkspaceId, started: Instant) -> BudgetDecision {

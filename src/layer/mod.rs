@@ -113,6 +113,7 @@
 mod body;
 mod breaker;
 mod decision;
+mod front;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;

@@ -68,8 +68,7 @@ where
             )),
             Some(Ok(workspace)) => match self.shared.decide_now(workspace) {
                 // A cached answer: call the ready inner service right away.
-                Ok(decision) => {
-                    let headers = self.shared.headers_for(&decision);
+                Ok((decision, headers)) => {
                     parts.extensions.insert(decision);
                     let future = self.inner.call(Request::from_parts(parts, body));
                     ResponseFuture::allowed(future, headers)

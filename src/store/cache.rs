@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,6 +31,26 @@ type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
 struct Slot<T> {
     load: Load<T>,
     started: Instant,
+    /// True while this slot is the workspace's entry: cleared when it leaves the map (replaced,
+    /// invalidated, evicted), so copies held elsewhere (the layer's per-thread front) can tell
+    /// they are stale without taking the lock.
+    current: Arc<AtomicBool>,
+}
+
+impl<T> Drop for Slot<T> {
+    fn drop(&mut self) {
+        self.current.store(false, Ordering::Release);
+    }
+}
+
+/// A fresh, completed status entry as [`CachingStore::peek_status`] hands it out.
+pub(crate) struct Peeked {
+    /// The status, or `None` for a workspace the store does not know.
+    pub(crate) status: Option<BudgetStatus>,
+    /// When the entry stops being served.
+    pub(crate) expires: Instant,
+    /// Cleared when the entry is invalidated or replaced before it expires.
+    pub(crate) current: Arc<AtomicBool>,
 }
 
 /// Answers [`status`](BudgetStore::status), [`retry_after`](BudgetStore::retry_after) and
@@ -45,6 +66,8 @@ struct Slot<T> {
 /// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
 ///   arbitrary one.
 pub struct CachingStore<S: ?Sized> {
+    /// Unique per cache in this process, so copies of its entries kept elsewhere can name it.
+    id: u64,
     inner: Arc<S>,
     ttl: Duration,
     capacity: usize,
@@ -80,7 +103,9 @@ impl<S: ?Sized> std::fmt::Debug for CachingStore<S> {
 impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// Caches `inner`'s answers for `ttl`, for at most `capacity` workspaces.
     pub fn new(inner: Arc<S>, ttl: Duration, capacity: usize) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         CachingStore {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             inner,
             ttl,
             capacity: capacity.max(1),
@@ -88,6 +113,10 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             retry: RwLock::default(),
             registration: RwLock::default(),
         }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The wrapped store.
@@ -109,6 +138,26 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         entries: &RwLock<Entries<T>>,
         workspace: &WorkspaceId,
     ) -> Option<Result<T, StoreError>> {
+        self.peek(entries, workspace, |answer, _| answer.cloned())
+    }
+
+    /// Like `cached`, for the status, with what a copy held outside the lock needs to know
+    /// when to stop serving it.
+    pub(crate) fn peek_status(&self, workspace: &WorkspaceId) -> Option<Peeked> {
+        self.peek(&self.status, workspace, |answer, slot| Peeked {
+            status: answer.ok().copied(),
+            expires: slot.started + self.ttl,
+            current: slot.current.clone(),
+        })
+    }
+
+    /// `f` of a fresh, completed entry (its answer: a value or `NotFound`), counted as a hit.
+    fn peek<T, R>(
+        &self,
+        entries: &RwLock<Entries<T>>,
+        workspace: &WorkspaceId,
+        f: impl FnOnce(Result<&T, StoreError>, &Slot<T>) -> R,
+    ) -> Option<R> {
         let now = Instant::now();
         let entries = read(entries);
         let slot = entries.map.get(workspace)?;
@@ -116,12 +165,12 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             return None;
         }
         let answer = match slot.load.peek()? {
-            Ok(v) => Ok(v.clone()),
+            Ok(v) => Ok(v),
             Err(e) if matches!(**e, StoreError::NotFound) => Err(StoreError::NotFound),
             Err(_) => return None,
         };
         CacheMetrics::get().hit.increment(1);
-        Some(answer)
+        Some(f(answer, slot))
     }
 
     /// A fresh cached answer for `workspace`, or the shared load of one: joined when in flight,
@@ -192,6 +241,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             Slot {
                 load: load.clone(),
                 started: now,
+                current: Arc::new(AtomicBool::new(true)),
             },
         );
         load
