@@ -267,7 +267,7 @@ impl Shared {
         if !self.breaker.is_healthy() {
             return Err(workspace);
         }
-        let (status, headers) = match &self.cache {
+        let cached = match &self.cache {
             Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
             // No cache of ours: the store may still have an answer at hand.
             None => match self.store.status_now(&workspace) {
@@ -275,8 +275,10 @@ impl Shared {
                 Some(Err(StoreError::NotFound)) => Some((None, None)),
                 _ => None,
             },
-        }
-        .ok_or_else(|| workspace.clone())?;
+        };
+        let Some((status, headers)) = cached else {
+            return Err(workspace);
+        };
         let decision = match status {
             Some(status) if !status.is_exceeded() => BudgetDecision::Allowed { workspace, status },
             None => BudgetDecision::Unregistered { workspace },
