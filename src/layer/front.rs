@@ -86,15 +86,8 @@ pub(crate) fn cached_status(
             };
             Some((entry.status, rendered))
         })
-        // Thread teardown: no front, ask the shared cache.
-        .unwrap_or_else(|_| {
-            let peeked = cache.peek_status(workspace)?;
-            let rendered = match &peeked.status {
-                Some(status) if headers => render_budget_headers(status),
-                _ => None,
-            };
-            Some((peeked.status, rendered))
-        })
+        // Thread teardown: no front; the full check asks the shared cache.
+        .unwrap_or(None)
 }
 
 fn index(cache: u64, workspace: &WorkspaceId) -> usize {
