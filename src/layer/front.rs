@@ -163,6 +163,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_on_one_thread_clears_another_threads_copy() {
+        use std::sync::mpsc::channel;
+        const DEADLINE: Duration = Duration::from_secs(10);
+        let ws = WorkspaceId::new("ws-front-threads").unwrap();
+        let cache =
+            Arc::new(cache_with(&[("ws-front-threads", 1000)], Duration::from_secs(60), 10).await);
+        cache.status(&ws).await.unwrap();
+        let (to_reader, reader_rx) = channel::<()>();
+        let (to_main, main_rx) = channel::<Option<i64>>();
+        let reader = std::thread::spawn({
+            let (cache, ws) = (cache.clone(), ws.clone());
+            move || {
+                // Fills this thread's front, then reads again once the other thread has written.
+                to_main.send(served(&cache, &ws).map(|s| s.0)).unwrap();
+                reader_rx.recv_timeout(DEADLINE).unwrap();
+                to_main.send(served(&cache, &ws).map(|s| s.0)).unwrap();
+            }
+        });
+        assert_eq!(
+            main_rx.recv_timeout(DEADLINE).unwrap(),
+            Some(1000),
+            "the reader's front holds it"
+        );
+        set_hourly(&cache, &ws, 2000).await;
+        to_reader.send(()).unwrap();
+        assert_eq!(
+            main_rx.recv_timeout(DEADLINE).unwrap(),
+            None,
+            "the reader's copy is stale"
+        );
+        reader.join().unwrap();
+    }
+
+    #[tokio::test]
     async fn an_evicted_entry_is_not_served() {
         let (a, b) = (
             WorkspaceId::new("ws-a").unwrap(),
