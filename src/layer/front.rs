@@ -22,11 +22,13 @@ use crate::store::{BudgetStatus, BudgetStore, CachingStore};
 use crate::WorkspaceId;
 
 /// Entries per thread. A collision only sends the request to the shared cache, which refills
-/// the slot; a hash an attacker could aim costs them nothing but that.
-const SLOTS: usize = 256;
+/// the slot; a hash an attacker could aim costs them nothing but that. Entries are boxed, so an
+/// unused slot costs a pointer (8 KiB a thread) and memory grows with the workspaces a thread
+/// actually serves, up to ~300 KiB.
+const SLOTS: usize = 1024;
 
 thread_local! {
-    static FRONT: RefCell<Vec<Option<Entry>>> = const { RefCell::new(Vec::new()) };
+    static FRONT: RefCell<Vec<Option<Box<Entry>>>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Entry {
@@ -67,14 +69,18 @@ pub(crate) fn cached_status(
                 CacheMetrics::get().hit.increment(1);
             } else {
                 let peeked = cache.peek_status(workspace)?;
-                *slot = Some(Entry {
+                let entry = Entry {
                     cache: id,
                     workspace: workspace.clone(),
                     status: peeked.status,
                     expires: peeked.expires,
                     current: peeked.current,
                     headers: None,
-                });
+                };
+                match slot {
+                    Some(boxed) => **boxed = entry,
+                    None => *slot = Some(Box::new(entry)),
+                }
             }
             let entry = slot.as_mut()?;
             let rendered = match &entry.status {
