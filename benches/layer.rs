@@ -1,9 +1,12 @@
 //! What does the layer add per request?
 //!
-//! One run: the bare inner service; the layer on a cached allowed decision; the layer on a cache
-//! miss over the in-process store; the layer on a cache miss over Postgres (loopback). A miss is
+//! One run: the bare inner service; the layer on a cached allowed decision; the same with budget
+//! headers over many workspaces taken in turn (more than a worker thread's front cache holds, so
+//! nearly every request reads the shared cache and renders headers); the layer on a cache miss
+//! over the in-process store; the layer on a cache miss over Postgres (loopback). A miss is
 //! forced with a 1 ns TTL, so it goes through the cache's full miss path (spawned, coalescable
-//! load). No metrics recorder is installed (the `metrics` facade is then a no-op).
+//! load). No metrics recorder is installed (the `metrics` facade is then a no-op) until the last
+//! variant.
 
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
@@ -25,17 +28,28 @@ use tower_budget::WorkspaceId;
 
 type Body = Full<Bytes>;
 
+/// Workspaces of the many-workspaces variant: above the 1,024 slots of a thread's front.
+const MANY: usize = 2_000;
+
 fn request() -> Request<Body> {
-    Request::post("/workspaces/ws-1/a2a")
+    request_for("ws-1")
+}
+
+fn request_for(workspace: &str) -> Request<Body> {
+    Request::post(format!("/workspaces/{workspace}/a2a"))
         .body(Body::default())
         .unwrap()
 }
 
 async fn ready_workspace(store: &dyn BudgetStore) {
-    let ws = WorkspaceId::new("ws-1").unwrap();
+    ready(store, "ws-1", 1_000_000).await;
+}
+
+async fn ready(store: &dyn BudgetStore, id: &str, hourly: i64) {
+    let ws = WorkspaceId::new(id).unwrap();
     store.register(&ws).await.unwrap();
     let patch = LimitsPatch::new()
-        .with(Period::HOURLY, Some(1_000_000))
+        .with(Period::HOURLY, Some(hourly))
         .unwrap();
     store.patch_limits(&ws, &patch).await.unwrap();
 }
@@ -45,9 +59,14 @@ fn main() {
     let inner = service_fn(|_req: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
+    let many: Vec<String> = (0..MANY).map(|i| format!("ws-many-{i}")).collect();
     let memory = rt.block_on(async {
         let store = MemoryStore::new();
         ready_workspace(&store).await;
+        // Each with its own limit: statuses differ, as spend would in real traffic.
+        for (i, id) in many.iter().enumerate() {
+            ready(&store, id, 1_000_000 + i as i64).await;
+        }
         store
     });
     let memory = std::sync::Arc::new(memory);
@@ -58,6 +77,9 @@ fn main() {
     });
 
     let cached = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_secs(3600));
+    let many_headers = BudgetLayer::from_arc(memory.clone())
+        .with_cache_ttl(Duration::from_secs(3600))
+        .with_budget_headers(true);
     let miss_memory = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_nanos(1));
     let miss_pg = BudgetLayer::new(pg)
         .with_cache_ttl(Duration::from_nanos(1))
@@ -81,7 +103,19 @@ fn main() {
             let res = layer.layer(probe).oneshot(request()).await.unwrap();
             assert_eq!(res.status(), StatusCode::OK);
         }
+        // Every one of the many workspaces is cached and allowed before the timing starts.
+        for id in &many {
+            let res = many_headers
+                .layer(probe)
+                .oneshot(request_for(id))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(res.headers().contains_key(&tower_budget::layer::RATELIMIT));
+        }
     });
+    let many_requests: Vec<Request<Body>> = many.iter().map(|id| request_for(id)).collect();
+    let many_headers = many_headers.layer(inner);
     let (cached, miss_memory, miss_pg) = (
         cached.layer(inner),
         miss_memory.layer(inner),
@@ -99,6 +133,17 @@ fn main() {
     });
     group.bench_function("cached_allowed", |b| {
         b.to_async(&rt).iter(|| cached.clone().oneshot(request()))
+    });
+    group.bench_function("cached_allowed_headers_2000_workspaces", |b| {
+        let mut next = 0;
+        b.to_async(&rt).iter(|| {
+            next = (next + 1) % MANY;
+            // A copy of a prepared request: the path is not formatted inside the timing.
+            let mut request = Request::new(Body::default());
+            *request.method_mut() = many_requests[next].method().clone();
+            *request.uri_mut() = many_requests[next].uri().clone();
+            many_headers.clone().oneshot(request)
+        })
     });
     group.bench_function("miss_memory_store", |b| {
         b.to_async(&rt)
