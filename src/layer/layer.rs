@@ -14,7 +14,7 @@ use super::service::BudgetService;
 use super::telemetry::LayerMetrics;
 use crate::period::Limits;
 use crate::store::{
-    BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
+    BudgetStatus, BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
 };
 use crate::WorkspaceId;
 
@@ -250,10 +250,17 @@ impl Shared {
     /// The budget headers for `decision` when it is allowed and they are on.
     pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Rendered {
         match decision {
-            BudgetDecision::Allowed { status, .. } if self.budget_headers => {
-                render_budget_headers(status)
-            }
+            BudgetDecision::Allowed { status, .. } => self.headers_for_status(status),
             _ => None,
+        }
+    }
+
+    /// The budget headers for `status` when it allows requests and they are on.
+    fn headers_for_status(&self, status: &BudgetStatus) -> Rendered {
+        if self.budget_headers && !status.is_exceeded() {
+            render_budget_headers(status)
+        } else {
+            None
         }
     }
 
@@ -271,7 +278,7 @@ impl Shared {
             Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
             // No cache of ours: the store may still have an answer at hand.
             None => match self.store.status_now(&workspace) {
-                Some(Ok(status)) => Some((Some(status), None)),
+                Some(Ok(status)) => Some((Some(status), self.headers_for_status(&status))),
                 Some(Err(StoreError::NotFound)) => Some((None, None)),
                 _ => None,
             },
@@ -283,10 +290,6 @@ impl Shared {
             Some(status) if !status.is_exceeded() => BudgetDecision::Allowed { workspace, status },
             None => BudgetDecision::Unregistered { workspace },
             Some(_) => return Err(workspace),
-        };
-        let headers = match self.cache {
-            Some(_) => headers,
-            None => self.headers_for(&decision),
         };
         // Not timed: the histogram describes checks that wait for the store.
         LayerMetrics::get().record(&decision);
