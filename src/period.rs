@@ -255,6 +255,18 @@ impl Limits {
         }))
     }
 
+    /// Reads limits from the text of each period's stored JSON number (`None` where the stored
+    /// value is absent or not a number), as a database can hand them out without parsing the
+    /// whole document. Text that is not a non-negative integer within `i64` (`1.5`, `1e400`
+    /// written out, `-3`) reads as no limit. Never fails, never panics.
+    pub fn from_stored_numbers<'a>(mut number: impl FnMut(Period) -> Option<&'a str>) -> Self {
+        Limits(PerPeriod::from_fn(|p| {
+            number(p)
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .filter(|c| *c >= 0)
+        }))
+    }
+
     /// Like [`Limits::from_stored`] for stored text; malformed JSON reads as no limits.
     pub fn from_stored_str(stored: Option<&str>) -> Self {
         stored

@@ -99,8 +99,8 @@ pub(super) async fn patch(
 ) -> Result<Response<Bytes>, ApiError> {
     let patch = parse_patch(body)?;
     admin_only(principal)?;
-    store.patch_limits(&workspace, &patch).await?;
-    let status = store.status(&workspace).await?;
+    // The status comes from the same atomic step: a failure means nothing was changed.
+    let status = store.patch_limits(&workspace, &patch).await?;
     Ok(json(StatusCode::OK, &budget_json(&status)))
 }
 

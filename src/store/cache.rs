@@ -357,7 +357,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<Limits, StoreError> {
+    ) -> Result<BudgetStatus, StoreError> {
         self.write(workspace, self.inner.patch_limits(workspace, patch).await)
             .await
     }

@@ -58,6 +58,15 @@ struct Workspace {
     ledger: Ledger,
 }
 
+impl Workspace {
+    fn status(&self, now: i64) -> BudgetStatus {
+        BudgetStatus {
+            limits: self.limits,
+            spend: Spend::from_fn(|p| self.ledger.spend(now - window_micros(p), now)),
+        }
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::new()
@@ -167,21 +176,17 @@ impl BudgetStore for MemoryStore {
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<Limits, StoreError> {
+    ) -> Result<BudgetStatus, StoreError> {
+        let now = micros(self.clock.now());
         self.with_live(workspace, |ws| {
             ws.limits = ws.limits.patched(patch);
-            Ok(ws.limits)
+            Ok(ws.status(now))
         })
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
         let now = micros(self.clock.now());
-        self.with_live(workspace, |ws| {
-            Ok(BudgetStatus {
-                limits: ws.limits,
-                spend: Spend::from_fn(|p| ws.ledger.spend(now - window_micros(p), now)),
-            })
-        })
+        self.with_live(workspace, |ws| Ok(ws.status(now)))
     }
 
     async fn retry_after(
@@ -216,10 +221,13 @@ impl BudgetStore for MemoryStore {
             }
             let reported = hb.reported_cents();
             let delta = derive_delta(ws.previous_reported, reported);
-            if delta > 0 {
-                ws.ledger.append(now, delta, max_entries)?;
+            let delta = if delta > 0 {
+                let recorded = ws.ledger.append(now, delta, max_entries);
                 ws.ledger.prune(now - retention_micros());
-            }
+                recorded
+            } else {
+                0
+            };
             if reported > 0 {
                 ws.previous_reported = reported;
             }
@@ -300,12 +308,21 @@ impl Ledger {
         self.entries.back().map_or(self.base_total, |e| e.total)
     }
 
-    /// Appends `delta` at `at`; times never go backwards, so a late clock joins the last entry.
-    fn append(&mut self, at: i64, delta: i64, max_entries: usize) -> Result<(), StoreError> {
-        let total = self
-            .total()
-            .checked_add(delta)
-            .ok_or_else(|| StoreError::Refused("running spend total overflows i64".into()))?;
+    /// Appends `delta` at `at` and returns what was recorded; times never go backwards, so a
+    /// late clock joins the last entry. Running totals never overflow: near `i64::MAX` they are
+    /// shifted down by the total before the oldest kept entry (only differences are ever read),
+    /// and what still does not fit saturates.
+    fn append(&mut self, at: i64, delta: i64, max_entries: usize) -> i64 {
+        if self.total() > i64::MAX - delta && self.base_total > 0 {
+            let base = self.base_total;
+            self.entries.iter_mut().for_each(|e| e.total -= base);
+            self.base_total = 0;
+        }
+        let delta = delta.min(i64::MAX - self.total());
+        if delta <= 0 {
+            return 0;
+        }
+        let total = self.total() + delta;
         match self.entries.back_mut() {
             Some(last) if last.at >= at => last.total = total,
             _ => self.entries.push_back(Entry { at, total }),
@@ -314,7 +331,7 @@ impl Ledger {
             // Fold the oldest entry into the next: its spend now counts from the later time.
             self.entries.pop_front();
         }
-        Ok(())
+        delta
     }
 
     /// Running total over entries at or before `t`.
@@ -358,7 +375,7 @@ mod tests {
     fn ledger(events: &[(i64, i64)]) -> Ledger {
         let mut l = Ledger::default();
         for &(at, delta) in events {
-            l.append(at, delta, usize::MAX).unwrap();
+            assert_eq!(l.append(at, delta, usize::MAX), delta);
         }
         l
     }
@@ -397,7 +414,7 @@ mod tests {
     fn folding_never_undercounts() {
         let mut l = Ledger::default();
         for at in 1..=10 {
-            l.append(at, 1, 4).unwrap();
+            l.append(at, 1, 4);
         }
         assert_eq!(l.entries.len(), 4);
         // Exact would be 3 for (7, 10]; folded spend moves later, never earlier.
@@ -417,9 +434,18 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_refused_not_panicked() {
+    fn totals_never_overflow_they_shift_or_saturate() {
+        // Everything kept: nothing to shift away, so the spend saturates.
         let mut l = ledger(&[(1, i64::MAX - 1)]);
-        assert!(matches!(l.append(2, 5, 10), Err(StoreError::Refused(_))));
-        assert_eq!(l.total(), i64::MAX - 1);
+        assert_eq!(l.append(2, 5, 10), 1, "saturates at i64::MAX");
+        assert_eq!(l.spend(0, 10), i64::MAX);
+        assert_eq!(l.append(3, 5, 10), 0);
+        // Old spend pruned: the totals shift down and new spend is counted exactly.
+        let mut l = ledger(&[(1, i64::MAX - 10), (5, 4)]);
+        l.prune(2);
+        assert_eq!(l.append(6, 100, 10), 100);
+        assert_eq!(l.spend(2, 10), 104, "exact after the shift");
+        assert_eq!(l.spend(5, 10), 100);
+        assert_eq!(l.first_entry_above(l.total_at(10) - 50), Some(6));
     }
 }

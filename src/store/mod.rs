@@ -213,12 +213,14 @@ pub trait BudgetStore: Send + Sync + 'static {
     async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError>;
 
     /// Applies `patch` atomically (concurrent patches of different periods both survive) and
-    /// returns the limits after it.
+    /// returns the status after it, read in the same step: an error means nothing changed
+    /// (short of an ambiguous commit, a connection lost while the database commits). Stored keys
+    /// this version does not know are kept.
     async fn patch_limits(
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<Limits, StoreError>;
+    ) -> Result<BudgetStatus, StoreError>;
 
     /// Limits and spend per trailing window, now.
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError>;
@@ -288,7 +290,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<Limits, StoreError> {
+    ) -> Result<BudgetStatus, StoreError> {
         (**self).patch_limits(workspace, patch).await
     }
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {

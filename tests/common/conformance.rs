@@ -185,7 +185,8 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
             ]),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .limits;
     assert_eq!(
         after.to_json(),
         serde_json::json!({"hourly": 100, "daily": 500, "monthly": 0})
@@ -196,7 +197,7 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
         .unwrap()
         .with(Period::WEEKLY, Some(7_000))
         .unwrap();
-    let after = store.patch_limits(&w, &patch).await.unwrap();
+    let after = store.patch_limits(&w, &patch).await.unwrap().limits;
     assert_eq!(
         after.to_json(),
         serde_json::json!({"hourly": 100, "weekly": 7000, "monthly": 0})
@@ -206,7 +207,8 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
     let after = store
         .patch_limits(&w, &LimitsPatch::legacy_monthly(Some(2_000)).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .limits;
     assert_eq!(after.get(Period::MONTHLY), Some(2_000));
     assert_eq!(
         after.get(Period::HOURLY),
@@ -216,7 +218,8 @@ pub async fn limits_merge_patch<S: BudgetStore>(store: S, _clock: ManualClock) {
     let after = store
         .patch_limits(&w, &LimitsPatch::legacy_monthly(None).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .limits;
     assert_eq!(after.get(Period::MONTHLY), None);
     assert_eq!(store.status(&w).await.unwrap().limits, after);
 

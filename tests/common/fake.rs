@@ -92,7 +92,11 @@ impl BudgetStore for FaultyStore {
     async fn limits(&self, w: &WorkspaceId) -> Result<Limits, StoreError> {
         self.inner.limits(w).await
     }
-    async fn patch_limits(&self, w: &WorkspaceId, p: &LimitsPatch) -> Result<Limits, StoreError> {
+    async fn patch_limits(
+        &self,
+        w: &WorkspaceId,
+        p: &LimitsPatch,
+    ) -> Result<BudgetStatus, StoreError> {
         self.inner.patch_limits(w, p).await
     }
     async fn status(&self, w: &WorkspaceId) -> Result<BudgetStatus, StoreError> {

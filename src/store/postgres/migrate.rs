@@ -22,6 +22,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "agent_registration",
         sql: include_str!("../../../migrations/V2__agent_registration.sql"),
     },
+    Migration {
+        version: 3,
+        name: "one_clock_removed_mark_saturating_totals",
+        sql: include_str!("../../../migrations/V3__one_clock_removed_mark_saturating_totals.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: "tower-budget" folded into an i64.

@@ -27,13 +27,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use super::{
     BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
 };
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
@@ -51,6 +53,11 @@ pub fn status_sql() -> &'static str {
 
 /// How ledger entries are pruned: this many per statement, so no statement holds locks long.
 const PRUNE_BATCH: i64 = 5_000;
+
+/// How long a store call may wait for the database once it has a connection, by default: a
+/// little longer than the default server-side `statement_timeout`, so the server's own cancel
+/// usually comes first.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(11);
 
 /// Settings for [`PoolOptions::build`]. Every wait is bounded by default.
 #[derive(Clone, Debug)]
@@ -135,6 +142,11 @@ impl PoolOptions {
         }
         config.options(&options);
         config.connect_timeout(self.create_timeout);
+        // A server that vanishes without closing the socket is noticed, not waited on for ever.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -154,27 +166,53 @@ impl PoolOptions {
 
 /// A [`BudgetStore`] on PostgreSQL. Cheap to clone (the pool is shared).
 ///
-/// Ledger timestamps and window ends come from this process's clock (keep replicas on NTP);
-/// per workspace the ledger stays in time order even if two replicas' clocks disagree.
+/// - **One clock.** Ledger timestamps and window edges come from the database server's clock
+///   (`now()`), the one clock every replica shares: a gateway whose own clock is off changes
+///   nothing that is counted. Per workspace the ledger stays in time order even if the database's
+///   clock steps back.
+/// - **Bounded, cancellation-safe calls.** Every call runs as its own task on a pooled
+///   connection: a caller that stops waiting (a budget check past its timeout) does not cancel it
+///   half-way, so no connection goes back to the pool with a statement still in flight. A call
+///   that gets no answer within the query timeout gives up and its connection is closed rather
+///   than reused. Waits for a connection are bounded by the pool's own timeouts.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: Pool,
-    clock: Arc<dyn Clock>,
+    /// `None`: the database's clock. Tests inject one to place events at exact instants.
+    clock: Option<Arc<dyn Clock>>,
+    query_timeout: Duration,
 }
+
+/// The database did not answer a store call in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the database did not answer within {0:?}")]
+struct QueryTimeout(Duration);
+
+type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
 impl PgStore {
     /// A store on `pool`, whose database has been [`migrate`]d.
     pub fn new(pool: Pool) -> Self {
         PgStore {
             pool,
-            clock: Arc::new(SystemClock),
+            clock: None,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
         }
     }
 
-    /// Uses `clock` for ledger timestamps and window ends (tests inject a `ManualClock`).
+    /// Uses `clock` instead of the database's for ledger timestamps and window ends. For tests
+    /// (a `ManualClock`); in production every replica must read the same clock, the database's.
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The longest a call waits for the database once it has a connection (default
+    /// [`DEFAULT_QUERY_TIMEOUT`]); a connection that overruns it is closed, not reused.
+    #[must_use]
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
         self
     }
 
@@ -183,39 +221,88 @@ impl PgStore {
         &self.pool
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(StoreError::unavailable)
+    /// The injected clock's time, or `None`: the statement uses the database's `now()`.
+    fn now(&self) -> Option<DateTime<Utc>> {
+        self.clock.as_ref().map(|c| c.now())
     }
 
+    /// Runs `op` on a pooled connection as a task of its own, bounded by the query timeout.
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let limit = self.query_timeout;
+        let task = tokio::spawn(async move {
+            let mut client = pool.get().await.map_err(StoreError::unavailable)?;
+            let outcome = tokio::time::timeout(limit, op(&mut client)).await;
+            match outcome {
+                Ok(result) => result,
+                Err(_) => {
+                    // Its statement may still be running: never hand this connection out again.
+                    drop(Object::take(client));
+                    Err(StoreError::unavailable(QueryTimeout(limit)))
+                }
+            }
+        });
+        task.await.map_err(StoreError::unavailable)?
+    }
+
+    /// One statement, at most one row.
     async fn query_opt(
         &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await.map_err(db)?;
-        client.query_opt(&stmt, params).await.map_err(db)
+        sql: &'static str,
+        params: Params,
+    ) -> Result<Option<Row>, StoreError> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let stmt = client.prepare_cached(sql).await.map_err(db)?;
+                client.query_opt(&stmt, &refs(&params)).await.map_err(db)
+            })
+        })
+        .await
     }
+
+    /// One statement; the number of rows it changed.
+    async fn execute(&self, sql: &'static str, params: Params) -> Result<u64, StoreError> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let stmt = client.prepare_cached(sql).await.map_err(db)?;
+                client.execute(&stmt, &refs(&params)).await.map_err(db)
+            })
+        })
+        .await
+    }
+}
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
 }
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::unavailable(e)
 }
 
-fn limits_of(row: &tokio_postgres::Row) -> Limits {
-    row.get::<_, Option<serde_json::Value>>(0)
-        .map_or_else(Limits::none, |v| Limits::from_stored(&v))
+/// The limits from the period columns that start at `first` (see `sql::limit_columns`).
+fn limits_of(row: &Row, first: usize) -> Limits {
+    Limits::from_stored_numbers(|p| row.get::<_, Option<&str>>(first + p.index()))
+}
+
+/// A status row: limit columns, then spend columns.
+fn status_of(row: &Row) -> BudgetStatus {
+    let spend_at = Period::all().len();
+    BudgetStatus {
+        limits: limits_of(row, 0),
+        spend: Spend::from_fn(|p| row.get::<_, i64>(spend_at + p.index())),
+    }
 }
 
 #[async_trait]
 impl BudgetStore for PgStore {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::REGISTER).await.map_err(db)?;
-        client
-            .execute(&stmt, &[&workspace.as_str()])
-            .await
-            .map_err(db)?;
+        self.execute(sql::REGISTER, vec![Box::new(workspace.to_string())])
+            .await?;
         Ok(())
     }
 
@@ -224,25 +311,22 @@ impl BudgetStore for PgStore {
         workspace: &WorkspaceId,
         registration: &Registration,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(sql::REGISTER_AGENT)
-            .await
-            .map_err(db)?;
         let hash = registration.token_hash.map(|h| h.0.to_vec());
-        client
-            .execute(
-                &stmt,
-                &[&workspace.as_str(), &registration.agent_url, &hash],
-            )
-            .await
-            .map_err(db)?;
+        self.execute(
+            sql::REGISTER_AGENT,
+            vec![
+                Box::new(workspace.to_string()),
+                Box::new(registration.agent_url.clone()),
+                Box::new(hash),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
         let row = self
-            .query_opt(sql::REGISTRATION, &[&workspace.as_str()])
+            .query_opt(&sql::REGISTRATION, vec![Box::new(workspace.to_string())])
             .await?
             .ok_or(StoreError::NotFound)?;
         let hash: Option<Vec<u8>> = row.get(1);
@@ -256,68 +340,92 @@ impl BudgetStore for PgStore {
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<WorkspaceId>, StoreError> {
-        let hash = token_hash.0.to_vec();
-        let row = self.query_opt(sql::WORKSPACE_FOR_TOKEN, &[&hash]).await?;
+        let row = self
+            .query_opt(
+                sql::WORKSPACE_FOR_TOKEN,
+                vec![Box::new(token_hash.0.to_vec())],
+            )
+            .await?;
         Ok(row.and_then(|r| WorkspaceId::new(r.get(0)).ok()))
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::REMOVE).await.map_err(db)?;
-        let now = self.clock.now();
-        match client
-            .execute(&stmt, &[&workspace.as_str(), &now])
-            .await
-            .map_err(db)?
-        {
+        let changed = self
+            .execute(
+                &sql::REMOVE,
+                vec![Box::new(workspace.to_string()), Box::new(self.now())],
+            )
+            .await?;
+        match changed {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),
         }
     }
 
     async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError> {
-        let row = self.query_opt(sql::LIMITS, &[&workspace.as_str()]).await?;
-        row.as_ref().map(limits_of).ok_or(StoreError::NotFound)
+        let row = self
+            .query_opt(&sql::LIMITS, vec![Box::new(workspace.to_string())])
+            .await?;
+        row.map(|r| limits_of(&r, 0)).ok_or(StoreError::NotFound)
     }
 
     async fn patch_limits(
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<Limits, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let read = tx
-            .prepare_cached(sql::LIMITS_FOR_UPDATE)
-            .await
-            .map_err(db)?;
-        let row = tx
-            .query_opt(&read, &[&workspace.as_str()])
-            .await
-            .map_err(db)?;
-        let limits = limits_of(&row.ok_or(StoreError::NotFound)?).patched(patch);
-        let write = tx.prepare_cached(sql::WRITE_LIMITS).await.map_err(db)?;
-        let legacy_monthly = limits.get(Period::MONTHLY);
-        tx.execute(
-            &write,
-            &[&workspace.as_str(), &limits.to_json(), &legacy_monthly],
-        )
+    ) -> Result<BudgetStatus, StoreError> {
+        let ws = workspace.to_string();
+        let now = self.now();
+        let clear: Vec<String> = Period::all()
+            .filter(|&p| patch.get(p) == Some(None))
+            .map(|p| p.name().to_owned())
+            .collect();
+        let set: serde_json::Map<String, serde_json::Value> = Period::all()
+            .filter_map(|p| Some((p.name().to_owned(), patch.get(p)??.into())))
+            .collect();
+        let set = serde_json::Value::Object(set);
+        self.run(move |client| {
+            Box::pin(async move {
+                // The merge, the legacy column and the answer in one transaction: a failure
+                // anywhere leaves the limits as they were.
+                let tx = client.transaction().await.map_err(db)?;
+                let merge = tx.prepare_cached(&sql::PATCH_LIMITS).await.map_err(db)?;
+                let row = tx
+                    .query_opt(&merge, &[&ws, &clear, &set])
+                    .await
+                    .map_err(db)?
+                    .ok_or(StoreError::NotFound)?;
+                let legacy_monthly = limits_of(&row, 0).get(Period::MONTHLY);
+                let legacy = tx
+                    .prepare_cached(sql::WRITE_LEGACY_LIMIT)
+                    .await
+                    .map_err(db)?;
+                tx.execute(&legacy, &[&ws, &legacy_monthly])
+                    .await
+                    .map_err(db)?;
+                let read = tx.prepare_cached(&sql::STATUS).await.map_err(db)?;
+                let status = tx
+                    .query_opt(&read, &[&ws, &now])
+                    .await
+                    .map_err(db)?
+                    .map(|r| status_of(&r))
+                    .ok_or(StoreError::NotFound)?;
+                tx.commit().await.map_err(db)?;
+                Ok(status)
+            })
+        })
         .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(limits)
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
-        let now = self.clock.now();
         let row = self
-            .query_opt(&sql::STATUS, &[&workspace.as_str(), &now])
+            .query_opt(
+                &sql::STATUS,
+                vec![Box::new(workspace.to_string()), Box::new(self.now())],
+            )
             .await?
             .ok_or(StoreError::NotFound)?;
-        Ok(BudgetStatus {
-            limits: limits_of(&row),
-            spend: Spend::from_fn(|p| row.get::<_, i64>(p.index() + 1)),
-        })
+        Ok(status_of(&row))
     }
 
     async fn retry_after(
@@ -325,15 +433,13 @@ impl BudgetStore for PgStore {
         workspace: &WorkspaceId,
         over: &Limits,
     ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
-        let now = self.clock.now();
-        let limits = PerPeriod::from_fn(|p| over.get(p).filter(|l| *l > 0));
-        let ws = workspace.as_str();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ws, &now];
-        params.extend(limits.iter().map(|(_, l)| l as &(dyn ToSql + Sync)));
+        let mut params: Params = vec![Box::new(workspace.to_string()), Box::new(self.now())];
+        params.extend(Period::all().map(|p| Box::new(over.get(p).filter(|l| *l > 0)) as Box<_>));
         let row = self
-            .query_opt(&sql::RELEASE_TIMES, &params)
+            .query_opt(&sql::RELEASE_TIMES, params)
             .await?
             .ok_or(StoreError::NotFound)?;
+        let now: DateTime<Utc> = row.get(Period::all().len());
         Ok(PerPeriod::from_fn(|p| {
             let leaves_at: Option<DateTime<Utc>> = row.get(p.index());
             let window = chrono::Duration::from_std(p.window()).ok()?;
@@ -342,26 +448,18 @@ impl BudgetStore for PgStore {
     }
 
     async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
-        let now = self.clock.now();
         let seq = hb.seq.map(|s| s.to_string());
         let row = self
             .query_opt(
                 sql::RECORD_HEARTBEAT,
-                &[&hb.workspace.as_str(), &hb.reported_cents(), &seq, &now],
+                vec![
+                    Box::new(hb.workspace.to_string()),
+                    Box::new(hb.reported_cents()),
+                    Box::new(seq),
+                    Box::new(self.now()),
+                ],
             )
-            .await
-            .map_err(|e| match e {
-                // bigint overflow of the running total: the data cannot take it, retrying won't help.
-                StoreError::Unavailable(src)
-                    if src
-                        .downcast_ref::<tokio_postgres::Error>()
-                        .and_then(tokio_postgres::Error::code)
-                        == Some(&tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE) =>
-                {
-                    StoreError::Refused("running spend total overflows i64".into())
-                }
-                other => other,
-            })?
+            .await?
             .ok_or_else(|| StoreError::Refused("heartbeat function returned no row".into()))?;
         if !row.get::<_, bool>(0) {
             return Err(StoreError::NotFound);
@@ -377,13 +475,16 @@ impl BudgetStore for PgStore {
         after: Option<&WorkspaceId>,
         limit: usize,
     ) -> Result<Vec<WorkspaceId>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::LIST).await.map_err(db)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&stmt, &[&after.map(WorkspaceId::as_str), &limit])
-            .await
-            .map_err(db)?;
+        let after = after.map(WorkspaceId::to_string);
+        let rows = self
+            .run(move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(&sql::LIST).await.map_err(db)?;
+                    client.query(&stmt, &[&after, &limit]).await.map_err(db)
+                })
+            })
+            .await?;
         // Ids written by older software that do not validate are left out, not fatal.
         Ok(rows
             .iter()
@@ -392,32 +493,40 @@ impl BudgetStore for PgStore {
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {
-        let retention = chrono::Duration::from_std(Period::retention())
-            .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let cutoff = self.clock.now() - retention;
-        let client = self.client().await?;
-        let page = client
-            .prepare_cached(sql::PRUNE_WORKSPACES)
-            .await
-            .map_err(db)?;
-        let batch = client.prepare_cached(sql::PRUNE_BATCH).await.map_err(db)?;
+        let retention_secs = Period::retention().as_secs_f64();
         let mut after: Option<String> = None;
         let mut pruned = 0;
         loop {
-            let ids: Vec<String> = client
-                .query(&page, &[&after, &1_000_i64])
-                .await
-                .map_err(db)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let page = after.clone();
+            let ids: Vec<String> = self
+                .run(move |client| {
+                    Box::pin(async move {
+                        let stmt = client
+                            .prepare_cached(sql::PRUNE_WORKSPACES)
+                            .await
+                            .map_err(db)?;
+                        let rows = client
+                            .query(&stmt, &[&page, &1_000_i64])
+                            .await
+                            .map_err(db)?;
+                        Ok(rows.iter().map(|r| r.get(0)).collect())
+                    })
+                })
+                .await?;
             for id in &ids {
                 // Autocommit batches: each statement is short, so the ledger is never locked long.
                 loop {
-                    let n = client
-                        .execute(&batch, &[id, &cutoff, &PRUNE_BATCH])
-                        .await
-                        .map_err(db)?;
+                    let n = self
+                        .execute(
+                            &sql::PRUNE_BATCH,
+                            vec![
+                                Box::new(id.clone()),
+                                Box::new(self.now()),
+                                Box::new(retention_secs),
+                                Box::new(PRUNE_BATCH),
+                            ],
+                        )
+                        .await?;
                     pruned += n;
                     if n < PRUNE_BATCH as u64 {
                         break;

@@ -1,0 +1,370 @@
+//! The Postgres store at the edges: stored data it did not write, the seed's removed mark, the
+//! database's clock, running totals near `i64::MAX`, a patch whose answer cannot be read, and a
+//! call its caller stopped waiting for. Each test here failed on the code before its fix.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_budget::period::{LimitsPatch, Period};
+use tower_budget::store::postgres::{deadpool_postgres, PgStore};
+use tower_budget::store::{BudgetStore, CachingStore, Heartbeat, StoreError};
+use tower_budget::WorkspaceId;
+
+fn ws(id: &str) -> WorkspaceId {
+    WorkspaceId::new(id).unwrap()
+}
+
+async fn store_and_client() -> (PgStore, deadpool_postgres::Object) {
+    let pool = common::pg::migrated_pool().await;
+    let client = pool.get().await.unwrap();
+    (PgStore::new(pool), client)
+}
+
+/// SPEC §3: anything valid `jsonb` can hold reads as "no limit" for the affected period —
+/// never an error, never a panic (a number beyond `i64` used to reset the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_stored_jsonb_reads_tolerantly() {
+    let (store, client) = store_and_client().await;
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(String, [Option<i64>; 4])> = vec![
+        (
+            r#"{"hourly": 1e400, "daily": 7, "weekly": -3, "monthly": 1.5}"#.into(),
+            [None, Some(7), None, None],
+        ),
+        (
+            format!(r#"{{"hourly": {deep}, "daily": "100", "monthly": 9}}"#),
+            [None, None, None, Some(9)],
+        ),
+        (
+            format!(r#"{{"x": {deep}, "weekly": 0}}"#),
+            [None, None, Some(0), None],
+        ),
+        (
+            r#"{"hourly": 99999999999999999999, "daily": 100.0, "weekly": true}"#.into(),
+            [None, None, None, None],
+        ),
+        (deep.clone(), [None; 4]),
+        ("1e400".into(), [None; 4]),
+        (r#""hourly""#.into(), [None; 4]),
+        ("null".into(), [None; 4]),
+    ];
+    for (i, (stored, want)) in cases.iter().enumerate() {
+        let id = format!("odd-{i}");
+        store.register(&ws(&id)).await.unwrap();
+        client
+            .execute(
+                "UPDATE workspaces SET budget_limits = $2::TEXT::JSONB WHERE id = $1",
+                &[&id, stored],
+            )
+            .await
+            .unwrap();
+        let status = store.status(&ws(&id)).await.unwrap();
+        let got: Vec<_> = Period::all().map(|p| status.limits.get(p)).collect();
+        assert_eq!(got, want, "stored {}", &stored[..stored.len().min(80)]);
+        assert_eq!(store.limits(&ws(&id)).await.unwrap(), status.limits);
+    }
+    // SQL NULL too.
+    store.register(&ws("null-limits")).await.unwrap();
+    let status = store.status(&ws("null-limits")).await.unwrap();
+    assert!(status.limits.is_empty());
+}
+
+/// SPEC §3: a write changes only what it names; keys this version does not know (a period a
+/// newer replica added) stay stored as they were. A stored value that is not an object is
+/// replaced by the patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_keeps_keys_it_does_not_know() {
+    let (store, client) = store_and_client().await;
+    store.register(&ws("w")).await.unwrap();
+    client
+        .execute(
+            r#"UPDATE workspaces SET budget_limits = '{"yearly": 90000, "hourly": 5, "daily": {"odd": 1}}' WHERE id = 'w'"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let patch = LimitsPatch::new()
+        .with(Period::HOURLY, Some(10))
+        .unwrap()
+        .with(Period::MONTHLY, Some(2_000))
+        .unwrap();
+    let after = store.patch_limits(&ws("w"), &patch).await.unwrap();
+    assert_eq!(after.limits.get(Period::HOURLY), Some(10));
+    assert_eq!(
+        after.limits.get(Period::DAILY),
+        None,
+        "unreadable: no limit"
+    );
+    let (stored, legacy): (serde_json::Value, Option<i64>) = {
+        let row = client
+            .query_one(
+                "SELECT budget_limits, budget_limit FROM workspaces WHERE id = 'w'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        stored,
+        serde_json::json!({"yearly": 90000, "hourly": 10, "daily": {"odd": 1}, "monthly": 2000})
+    );
+    assert_eq!(legacy, Some(2_000), "the legacy column follows monthly");
+    let clear = LimitsPatch::new().with(Period::DAILY, None).unwrap();
+    store.patch_limits(&ws("w"), &clear).await.unwrap();
+    let row = client
+        .query_one("SELECT budget_limits FROM workspaces WHERE id = 'w'", &[])
+        .await
+        .unwrap();
+    let stored: serde_json::Value = row.get(0);
+    assert_eq!(
+        stored,
+        serde_json::json!({"yearly": 90000, "hourly": 10, "monthly": 2000})
+    );
+
+    client
+        .execute(
+            "UPDATE workspaces SET budget_limits = '[1, 2]' WHERE id = 'w'",
+            &[],
+        )
+        .await
+        .unwrap();
+    store.patch_limits(&ws("w"), &clear).await.unwrap();
+    let row = client
+        .query_one("SELECT budget_limits FROM workspaces WHERE id = 'w'", &[])
+        .await
+        .unwrap();
+    let stored: serde_json::Value = row.get(0);
+    assert_eq!(stored, serde_json::json!({}));
+}
+
+/// A patch whose answer cannot be read changes nothing (it used to be stored, then answered 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_that_cannot_answer_changes_nothing() {
+    let (store, client) = store_and_client().await;
+    store.register(&ws("w")).await.unwrap();
+    let set = |c| LimitsPatch::new().with(Period::HOURLY, Some(c)).unwrap();
+    store.patch_limits(&ws("w"), &set(100)).await.unwrap();
+    // The status read needs the ledger; without it the patch's own read fails.
+    client
+        .batch_execute("ALTER TABLE workspace_spend_events RENAME TO ledger_away")
+        .await
+        .unwrap();
+    let failed = store.patch_limits(&ws("w"), &set(5)).await;
+    client
+        .batch_execute("ALTER TABLE ledger_away RENAME TO workspace_spend_events")
+        .await
+        .unwrap();
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let limits = store.limits(&ws("w")).await.unwrap();
+    assert_eq!(limits.get(Period::HOURLY), Some(100), "nothing changed");
+}
+
+/// A database that predates the crate marks removed workspaces with `status = 'removed'`: 404
+/// everywhere and not listed, until registered again, which clears both marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_removed_mark_is_honoured() {
+    let (store, client) = store_and_client().await;
+    for id in ["gone", "kept"] {
+        store.register(&ws(id)).await.unwrap();
+    }
+    client
+        .execute(
+            "UPDATE workspaces SET status = 'removed' WHERE id = 'gone'",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE workspaces SET status = 'online' WHERE id = 'kept'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let gone = ws("gone");
+    assert!(matches!(
+        store.status(&gone).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.limits(&gone).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.registration(&gone).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .record_heartbeat(&Heartbeat::new(gone.clone(), Some(5), None))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.patch_limits(&gone, &LimitsPatch::new()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.remove(&gone).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.list_workspaces(None, 10).await.unwrap(), [ws("kept")]);
+    assert!(
+        store.status(&ws("kept")).await.is_ok(),
+        "other states count as live"
+    );
+
+    store.register(&gone).await.unwrap();
+    assert!(store.status(&gone).await.is_ok());
+    let status: Option<String> = client
+        .query_one("SELECT status FROM workspaces WHERE id = 'gone'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, None, "registering again clears the mark");
+    let kept: Option<String> = client
+        .query_one("SELECT status FROM workspaces WHERE id = 'kept'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept.as_deref(), Some("online"));
+}
+
+/// Ledger entries are stamped with the database server's clock, not the process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_stamped_by_the_database_clock() {
+    let (store, client) = store_and_client().await;
+    store.register(&ws("w")).await.unwrap();
+    store
+        .record_heartbeat(&Heartbeat::new(ws("w"), Some(40), None))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM now() - occurred_at)::FLOAT8 FROM workspace_spend_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let age: f64 = row.get(0);
+    assert!(
+        (0.0..5.0).contains(&age),
+        "stamped {age} s before the database's now"
+    );
+    // An entry a wrong clock once stamped two hours ahead keeps later entries in order, and
+    // the database's windows do not count it until its time: spend stays in the ledger.
+    client
+        .batch_execute(
+            "UPDATE workspace_spend_events SET occurred_at = now() + interval '2 hours';
+             UPDATE workspaces SET spend_last_at = now() + interval '2 hours'",
+        )
+        .await
+        .unwrap();
+    let status = store.status(&ws("w")).await.unwrap();
+    assert_eq!(status.spend[Period::HOURLY], 0);
+}
+
+/// However many resets an agent reports, no heartbeat is refused for arithmetic reasons; the
+/// running totals shift down (or saturate) instead of overflowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_totals_never_overflow() {
+    let (store, client) = store_and_client().await;
+    let w = ws("w");
+    store.register(&w).await.unwrap();
+    // As if ~9.2 million maximal resets had been reported more than 35 days ago (since pruned),
+    // then one recent report.
+    client
+        .batch_execute(
+            "INSERT INTO workspace_spend_events VALUES
+                ('w', now() - interval '1 minute', 500, 9223372036854775500);
+             UPDATE workspaces SET spend_total_cents = 9223372036854775500,
+                 spend_last_at = now() - interval '1 minute', monthly_spend = 500 WHERE id = 'w'",
+        )
+        .await
+        .unwrap();
+    let max = tower_budget::store::MAX_REPORTED_CENTS;
+    let mut expected_hourly = 500;
+    for reported in [max, 1_000, max] {
+        let out = store
+            .record_heartbeat(&Heartbeat::new(w.clone(), Some(reported), None))
+            .await
+            .expect("never refused for arithmetic");
+        expected_hourly += out.recorded_delta_cents;
+    }
+    assert_eq!(expected_hourly, 2 * max, "every delta recorded in full");
+    let status = store.status(&w).await.unwrap();
+    assert_eq!(
+        status.spend[Period::HOURLY],
+        expected_hourly,
+        "exact after the shift"
+    );
+
+    // Everything still inside the windows: nothing to shift away, so spend saturates.
+    let w2 = ws("w2");
+    store.register(&w2).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO workspace_spend_events VALUES
+                ('w2', now() - interval '1 minute', 9223372036854775000, 9223372036854775000);
+             UPDATE workspaces SET spend_total_cents = 9223372036854775000,
+                 spend_last_at = now() - interval '1 minute', monthly_spend = 0 WHERE id = 'w2'",
+        )
+        .await
+        .unwrap();
+    let out = store
+        .record_heartbeat(&Heartbeat::new(w2.clone(), Some(max), None))
+        .await
+        .unwrap();
+    assert_eq!(out.recorded_delta_cents, 807);
+    assert_eq!(
+        store.status(&w2).await.unwrap().spend[Period::HOURLY],
+        i64::MAX
+    );
+}
+
+/// A call its caller stopped waiting for (a budget check past its timeout) runs to completion
+/// on its own: its connection goes back to the pool idle. Before, a timed-out check left the
+/// cache's shared load unpolled, holding its pooled connection until someone asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_on_releases_its_connection() {
+    let pool = common::pg::migrated_pool().await;
+    let store = Arc::new(PgStore::new(pool.clone()));
+    let cache = CachingStore::new(store.clone(), Duration::from_secs(30), 100);
+    let names: Vec<WorkspaceId> = (0..4).map(|i| ws(&format!("w{i}"))).collect();
+    for w in &names {
+        store.register(w).await.unwrap();
+    }
+    // A table lock makes every status read wait.
+    let mut locker = pool.get().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE workspaces IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for w in &names {
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), cache.status(w)).await;
+        assert!(gave_up.is_err(), "the check waits on the lock");
+    }
+    tx.commit().await.unwrap();
+    drop(locker);
+    // Nobody asks again, yet every abandoned read finishes and its connection comes back idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = pool.status();
+        if status.available == status.size && status.size >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pool {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the next check gets the answer the abandoned read fetched.
+    for w in &names {
+        let answer = tokio::time::timeout(Duration::from_secs(1), cache.status(w)).await;
+        assert!(matches!(answer, Ok(Ok(_))), "{w}");
+    }
+}
