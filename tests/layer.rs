@@ -492,6 +492,57 @@ async fn breaker_opens_skips_the_store_probes_and_closes() {
     assert_eq!(layer.breaker_state(), BreakerState::Closed);
 }
 
+/// SPEC §6: a fresh cached answer — allow or refuse — is served whatever the breaker's state;
+/// the fail mode applies only where no fresh answer exists. (An open breaker used to let a
+/// cached refusal through, fail-open.)
+#[tokio::test(start_paused = true)]
+async fn a_fresh_cached_answer_stands_while_the_breaker_is_open() {
+    let f = Fixture::new().await;
+    f.limits(&[(Period::HOURLY, Some(100))]).await;
+    f.spend_at(&[(60, 150)]).await;
+    for id in ["ws-2", "ws-3"] {
+        f.store.register(&ws(id)).await.unwrap();
+    }
+    let layer = f.layer().with_breaker(1, Duration::from_secs(5));
+    let blocked = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert_eq!(blocked.status(), StatusCode::PAYMENT_REQUIRED);
+    let allowed = f.send(&layer, get("/workspaces/ws-2/a2a")).await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+
+    // The store goes down; a workspace with nothing cached opens the breaker.
+    f.store.set_mode(Mode::Failing);
+    f.send(&layer, get("/workspaces/ws-3/a2a")).await;
+    assert_eq!(layer.breaker_state(), BreakerState::Open);
+    let calls = f.store.status_calls();
+
+    let res = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "the cached refusal stands"
+    );
+    assert!(res.headers().contains_key("retry-after"), "cached too");
+    let res = f.send(&layer, get("/workspaces/ws-2/a2a")).await;
+    assert!(matches!(
+        res.extensions().get::<BudgetDecision>(),
+        Some(BudgetDecision::Allowed { .. })
+    ));
+    assert_eq!(f.store.status_calls(), calls, "answered from the cache");
+
+    // Once the answers are stale, the fail mode applies (the breaker is still open).
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let res = f.send(&layer, get("/workspaces/ws-1/a2a")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(matches!(
+        res.extensions().get::<BudgetDecision>(),
+        Some(BudgetDecision::Unavailable {
+            cause: UnavailableCause::BreakerOpen,
+            failed_open: true,
+            ..
+        })
+    ));
+}
+
 #[tokio::test]
 async fn budget_headers_on_allowed_responses() {
     let f = Fixture::new().await;

@@ -65,11 +65,6 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closed with no failure counted.
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-
     /// `None` while open (or while a probe is out): skip the store.
     pub(crate) fn permit(self: &Arc<Self>) -> Option<Permit> {
         if self.healthy.load(Ordering::Acquire) {

@@ -264,16 +264,13 @@ impl Shared {
         }
     }
 
-    /// The decision, and its budget headers, when it needs no waiting: a cached status that
-    /// allows the request (or an unknown workspace) while the breaker is closed. `Err` hands the
-    /// workspace back for the full check.
+    /// The decision, and its budget headers, when it needs no waiting: a fresh cached status
+    /// that allows the request (or an unknown workspace), whatever the breaker's state. `Err`
+    /// hands the workspace back for the full check.
     pub(crate) fn decide_now(
         &self,
         workspace: WorkspaceId,
     ) -> Result<(BudgetDecision, Rendered), WorkspaceId> {
-        if !self.breaker.is_healthy() {
-            return Err(workspace);
-        }
         let cached = match &self.cache {
             Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
             // No cache of ours: the store may still have an answer at hand.
@@ -297,30 +294,39 @@ impl Shared {
     }
 
     async fn check(&self, workspace: WorkspaceId, started: Instant) -> BudgetDecision {
-        let Some(permit) = self.breaker.permit() else {
-            return self.unavailable(workspace, UnavailableCause::BreakerOpen, None);
+        let status = match self.breaker.permit() {
+            // Open breaker: a fresh cached answer (allow or refuse) still stands; the fail mode
+            // applies only where there is none.
+            None => match self.store.status_now(&workspace) {
+                Some(Ok(status)) => status,
+                Some(Err(StoreError::NotFound)) => {
+                    return BudgetDecision::Unregistered { workspace }
+                }
+                _ => return self.unavailable(workspace, UnavailableCause::BreakerOpen, None),
+            },
+            Some(permit) => {
+                match tokio::time::timeout_at(started + self.timeout, self.store.status(&workspace))
+                    .await
+                {
+                    Ok(Ok(status)) => {
+                        permit.succeeded();
+                        status
+                    }
+                    Ok(Err(StoreError::NotFound)) => {
+                        permit.succeeded();
+                        return BudgetDecision::Unregistered { workspace };
+                    }
+                    Ok(Err(e)) => {
+                        permit.failed();
+                        return self.unavailable(workspace, UnavailableCause::StoreError, Some(&e));
+                    }
+                    Err(_) => {
+                        permit.failed();
+                        return self.unavailable(workspace, UnavailableCause::Timeout, None);
+                    }
+                }
+            }
         };
-        let status =
-            match tokio::time::timeout_at(started + self.timeout, self.store.status(&workspace))
-                .await
-            {
-                Ok(Ok(status)) => {
-                    permit.succeeded();
-                    status
-                }
-                Ok(Err(StoreError::NotFound)) => {
-                    permit.succeeded();
-                    return BudgetDecision::Unregistered { workspace };
-                }
-                Ok(Err(e)) => {
-                    permit.failed();
-                    return self.unavailable(workspace, UnavailableCause::StoreError, Some(&e));
-                }
-                Err(_) => {
-                    permit.failed();
-                    return self.unavailable(workspace, UnavailableCause::Timeout, None);
-                }
-            };
         let exceeded = status.exceeded_periods();
         if exceeded.is_empty() {
             return BudgetDecision::Allowed { workspace, status };
@@ -328,7 +334,14 @@ impl Shared {
         let over = exceeded
             .iter()
             .fold(Limits::none(), |l, &p| l.with(p, status.limits.get(p)));
-        let waits = tokio::time::timeout(self.timeout, self.store.retry_after(&workspace, &over))
+        // With the breaker open only an answer at hand is taken (a zero timeout still polls
+        // once); without one the refusal stands, only without `Retry-After`.
+        let wait = if self.breaker.state() != BreakerState::Closed {
+            Duration::ZERO
+        } else {
+            self.timeout
+        };
+        let waits = tokio::time::timeout(wait, self.store.retry_after(&workspace, &over))
             .await
             .ok()
             .and_then(Result::ok);
