@@ -1,13 +1,15 @@
 //! Load through the example gateway with wrk (Debian's package), one run:
 //!
 //! 1. the test agent called directly (the floor),
-//! 2. the gateway built with `bench-bypass-budget` (the same proxy code, no budget layer),
+//! 2. the same gateway without the budget layer: this bench binary serves the gateway's own
+//!    router and proxy (`examples/gateway/app.rs`, `proxy.rs`) with nothing in front of the proxy
+//!    — the baseline exists only here, never in a build of the gateway,
 //! 3. the gateway as shipped: budget layer on, Postgres store, decision cache on (1 s).
 //!
 //! Release builds; 2 wrk threads, 32 connections, JSON-RPC `SendMessage` POSTs. The machine is
 //! shared and noisy, so the run is many short rounds: in each, every target gets a 1 s warm-up
 //! and a measured stretch, in an order that rotates from round to round, and the layer's figure
-//! is the ratio to the bypass build *of the same round*; the report gives the median of those
+//! is the ratio to the baseline *of the same round*; the report gives the median of those
 //! paired ratios with their spread, and the median of each target's figures.
 //! `GATEWAY_LOAD_ROUNDS` (default 10) and `GATEWAY_LOAD_SECONDS` (default 5) change the length.
 //! Run with `scripts/bench --bench gateway_load`.
@@ -15,12 +17,21 @@
 #[path = "../tests/common/agent.rs"]
 #[allow(dead_code)]
 mod agent;
+#[path = "../examples/gateway/app.rs"]
+#[allow(dead_code, unused_imports)]
+mod app;
+#[path = "../examples/gateway/card.rs"]
+#[allow(dead_code, unused_imports)]
+mod card;
 #[path = "../tests/common/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+#[path = "../examples/gateway/proxy.rs"]
+#[allow(dead_code, unused_imports)]
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,16 +70,38 @@ fn ticks_per_second() -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-fn build(target_dir: &Path, features: &[&str]) -> PathBuf {
+fn build(target_dir: &Path) -> PathBuf {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["build", "--release", "--quiet", "--example", "gateway"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target_dir);
-    for f in features {
-        cmd.args(["--features", f]);
-    }
-    assert!(cmd.status().unwrap().success(), "build {features:?}");
+    assert!(cmd.status().unwrap().success(), "build the gateway");
     target_dir.join("release/examples/gateway")
+}
+
+/// The baseline: this binary, run with `--serve-baseline --database-url URL`, serves the
+/// gateway's router and proxy with no budget layer in front of the proxy.
+fn serve_baseline(database_url: &str) {
+    use tower_budget::api::{BudgetApi, TokenAuth};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap();
+        let store = app::store(Some(database_url)).await.unwrap();
+        let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let proxy = proxy::Proxy::new(
+            store,
+            format!("http://{local}"),
+            std::time::Duration::from_secs(300),
+            std::time::Duration::from_millis(50),
+        );
+        let router = app::router(proxy, api, metrics);
+        println!("listening on http://{local} (baseline: no budget layer)");
+        axum::serve(listener, router).await.unwrap();
+    });
 }
 
 fn wrk(url: &str, script: &Path, duration: &str) -> String {
@@ -183,10 +216,16 @@ fn median(runs: &[Run]) -> Run {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, _, url] = args.as_slice() {
+        if flag == "--serve-baseline" {
+            return serve_baseline(url);
+        }
+    }
     // `cargo bench` passes --bench; nothing to filter here.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shipped = build(&root.join("target"), &[]);
-    let bypass = build(&root.join("target/bypass"), &["bench-bypass-budget"]);
+    let shipped = build(&root.join("target"));
+    let baseline = std::env::current_exe().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let agent = rt.block_on(agent::Agent::start());
     let script = root.join("target/wrk-send-message.lua");
@@ -204,20 +243,21 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
     let sep = if base.contains('?') { '&' } else { '?' };
     let db = format!("{base}{sep}options=-csearch_path%3D{schema}");
     let mut gateways = Vec::new();
-    // The bypass build twice: the second copy measures the noise floor (an A/A comparison).
-    for binary in [&bypass, &shipped, &bypass] {
-        let gw = gateway::Gateway::start_binary(
-            binary,
-            &[
+    // The baseline twice: the second copy measures the noise floor (an A/A comparison).
+    for binary in [&baseline, &shipped, &baseline] {
+        let args: Vec<&str> = if *binary == baseline {
+            vec!["--serve-baseline", "--database-url", &db]
+        } else {
+            vec![
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-token",
                 gateway::ADMIN,
                 "--database-url",
                 &db,
-            ],
-            &[],
-        );
+            ]
+        };
+        let gw = gateway::Gateway::start_binary(binary, &args, &[]);
         rt.block_on(async {
             let body = serde_json::json!({"workspace_id": "ws-1", "url": agent.url()});
             let r = gw
@@ -241,7 +281,7 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
         gateways.push(gw);
     }
     // The machine is shared and noisy: the three targets take turns, round after round, in a
-    // rotating order; the layer is compared with the bypass build of the same round.
+    // rotating order; the layer is compared with the baseline of the same round.
     let targets: [(&'static str, String, Option<u32>); 4] = [
         ("agent, direct", format!("{}/", agent.url()), None),
         (
@@ -283,7 +323,7 @@ wrk.body = '{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message"
         .map(|r| format!("{r:.3}"))
         .collect();
     println!(
-        "BudgetLayer / bypass throughput, round by round: {}",
+        "BudgetLayer / baseline throughput, round by round: {}",
         listed.join(" ")
     );
     let (mean, low, high) = geometric_mean_ci(&ratios(2, |r| r.rps));

@@ -6,25 +6,19 @@
 //! DATABASE_URL=postgres://… cargo run --release --example gateway
 //! ```
 
+mod app;
 mod card;
 mod config;
 mod proxy;
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use clap::Parser;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tower_budget::api::{generate_token, BudgetApi, TokenAuth, BUDGET_PAGE};
-use tower_budget::layer::{BudgetLayer, FailMode};
-use tower_budget::store::postgres::{migrate, PgStore, PoolOptions};
-use tower_budget::store::{spawn_pruner, BudgetStore, MemoryStore};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tower_budget::api::{generate_token, BudgetApi, TokenAuth};
+use tower_budget::layer::{BudgetLayer, FailMode, ResponseBody};
+use tower_budget::store::spawn_pruner;
 
 use config::Config;
 use proxy::Proxy;
@@ -72,18 +66,7 @@ fn main() {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let store: Arc<dyn BudgetStore> = match &config.database_url {
-        Some(url) => {
-            let pool = PoolOptions::default().build(url)?;
-            migrate(&pool).await.map_err(|e| format!("database: {e}"))?;
-            tracing::info!("PostgreSQL store, migrations applied");
-            Arc::new(PgStore::new(pool))
-        }
-        None => {
-            tracing::info!("in-process store: budgets and spend live in memory and are lost on exit (use --database-url to keep them)");
-            Arc::new(MemoryStore::new())
-        }
-    };
+    let store = app::store(config.database_url.as_deref()).await?;
     let admin_token = match &config.admin_token {
         Some(t) if !t.trim().is_empty() => t.clone(),
         Some(_) => return Err("--admin-token must not be empty".into()),
@@ -115,14 +98,19 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .with_exempt(|p| proxy::is_card_request(&p.method, p.uri.path()));
     let writes = layer.store();
     let api = BudgetApi::new(writes.clone(), TokenAuth::new(&admin_token, writes.clone()));
-    let app = app(
-        layer,
+    let proxy = Proxy::new(
         writes,
-        api,
         public_url.clone(),
         config.upstream_timeout(),
-        metrics,
+        config.check_timeout(),
     );
+    // Every proxied request goes through the layer: no flag, variable or feature takes it out.
+    let proxied = tower::ServiceBuilder::new()
+        // Hand axum the proxy's own body type, so it does not box the layer's body around it.
+        .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
+        .layer(layer)
+        .service(proxy);
+    let app = app::router(proxied, api, metrics);
 
     let pruner = spawn_pruner(store, PRUNE_EVERY);
     println!("listening on http://{local} (public URL {public_url})");
@@ -146,115 +134,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     pruner.abort();
     Ok(())
-}
-
-fn app(
-    layer: BudgetLayer,
-    store: Arc<dyn BudgetStore>,
-    api: BudgetApi,
-    public_url: String,
-    upstream_timeout: Duration,
-    metrics: PrometheusHandle,
-) -> Router {
-    let proxy = Proxy::new(store, public_url, upstream_timeout);
-    #[cfg(not(feature = "bench-bypass-budget"))]
-    let proxied = {
-        use tower_budget::layer::ResponseBody;
-        tower::ServiceBuilder::new()
-            // Hand axum the proxy's own body type, so it does not box the layer's body around it.
-            .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
-            .layer(layer)
-            .service(proxy)
-    };
-    #[cfg(feature = "bench-bypass-budget")]
-    let proxied = {
-        drop(layer);
-        tracing::warn!("built with bench-bypass-budget: NO BUDGET IS ENFORCED");
-        proxy
-    };
-    Router::new()
-        .route_service("/workspaces/{id}/a2a", proxied.clone())
-        .route_service("/workspaces/{id}/a2a/", proxied.clone())
-        .route_service("/workspaces/{id}/a2a/{*rest}", proxied)
-        .route(
-            "/healthz",
-            get(|| async {
-                (
-                    [(http::header::CONTENT_TYPE, "application/json")],
-                    r#"{"status":"ok"}"#,
-                )
-            }),
-        )
-        .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
-        .fallback_service(api)
-        .layer(middleware::from_fn(track))
-}
-
-/// Request counters and latency (to response headers) per route class.
-async fn track(request: Request<Body>, next: Next) -> Response {
-    let path = request.uri().path();
-    let route = if proxy::split_path(path).is_some() {
-        Route::Proxy
-    } else if matches!(path, "/healthz" | "/metrics" | "/ui") {
-        Route::Ops
-    } else {
-        Route::Api
-    };
-    let started = Instant::now();
-    let response = next.run(request).await.into_response();
-    let metrics = RouteMetrics::get(route);
-    metrics.requests(response.status()).increment(1);
-    metrics.duration.record(started.elapsed().as_secs_f64());
-    response
-}
-
-#[derive(Clone, Copy)]
-enum Route {
-    Proxy,
-    Ops,
-    Api,
-}
-
-impl Route {
-    const ALL: [Route; 3] = [Route::Proxy, Route::Ops, Route::Api];
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Proxy => "proxy",
-            Route::Ops => "ops",
-            Route::Api => "api",
-        }
-    }
-}
-
-/// A route class's metric handles, resolved once each: on the request path a metric is an
-/// atomic add, not a registry lookup with allocated labels.
-struct RouteMetrics {
-    route: &'static str,
-    duration: metrics::Histogram,
-    /// `gateway_requests_total{route, status}`, by status code 100..=999.
-    requests: [OnceLock<metrics::Counter>; 900],
-}
-
-impl RouteMetrics {
-    fn get(route: Route) -> &'static RouteMetrics {
-        static ALL: OnceLock<[RouteMetrics; 3]> = OnceLock::new();
-        &ALL.get_or_init(|| {
-            Route::ALL.map(|r| RouteMetrics {
-                route: r.label(),
-                duration: metrics::histogram!("gateway_request_duration_seconds", "route" => r.label()),
-                requests: [const { OnceLock::new() }; 900],
-            })
-        })[route as usize]
-    }
-
-    fn requests(&self, status: http::StatusCode) -> &metrics::Counter {
-        // `StatusCode` is always 100..=999.
-        self.requests[usize::from(status.as_u16() - 100)].get_or_init(|| {
-            metrics::counter!("gateway_requests_total", "route" => self.route, "status" => status.as_str().to_owned())
-        })
-    }
 }
 
 async fn shutdown_signal() {

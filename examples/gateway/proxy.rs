@@ -1,8 +1,9 @@
 //! The reverse proxy: `/workspaces/{id}/a2a[/{rest}]` → the workspace's registered agent URL.
 //! Bodies stream both ways; hop-by-hop headers are dropped; agent cards are rewritten.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use crate::card;
 
 /// Largest agent card the gateway rewrites.
 const MAX_CARD_BYTES: usize = 1024 * 1024;
+/// Most agent URLs remembered for when the store cannot answer in time.
+const MAX_LAST_KNOWN: usize = 100_000;
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -35,10 +38,21 @@ struct Inner {
     client: Client<HttpConnector, Body>,
     public_url: String,
     timeout: Duration,
+    /// The longest a registration lookup may take (the budget check's timeout).
+    lookup_timeout: Duration,
+    /// The last agent URL the store gave for each workspace: used when it cannot answer in time.
+    last_known: Mutex<HashMap<WorkspaceId, String>>,
 }
 
 impl Proxy {
-    pub fn new(store: Arc<dyn BudgetStore>, public_url: String, timeout: Duration) -> Self {
+    /// Proxies to the agents registered in `store` (lookups go through its cache), waiting at
+    /// most `timeout` for an agent's response headers and `lookup_timeout` for the store.
+    pub fn new(
+        store: Arc<dyn BudgetStore>,
+        public_url: String,
+        timeout: Duration,
+        lookup_timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
@@ -51,9 +65,49 @@ impl Proxy {
                 client,
                 public_url,
                 timeout,
+                lookup_timeout,
+                last_known: Mutex::default(),
             }),
         }
     }
+}
+
+/// Why a path below `/workspaces/{id}/a2a` could leave the agent's registered path, if it could:
+/// a `.` or `..` segment (raw or percent-encoded, any case), an encoded slash, or a backslash
+/// (raw or encoded). Such a request is refused, not forwarded.
+pub fn steering(suffix: &str) -> Option<&'static str> {
+    for segment in suffix.split('/') {
+        let decoded = percent_decode(segment.as_bytes());
+        if decoded == b"." || decoded == b".." {
+            return Some("dot segments are not allowed in the path");
+        }
+        if decoded.contains(&b'/') {
+            return Some("encoded slashes are not allowed in the path");
+        }
+        if decoded.contains(&b'\\') {
+            return Some("backslashes are not allowed in the path");
+        }
+    }
+    None
+}
+
+/// One level of percent-decoding; malformed escapes stay as they are.
+fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The workspace id and the path below `/workspaces/{id}/a2a`, for a proxied path.
@@ -129,18 +183,12 @@ impl Inner {
         let Ok(workspace) = WorkspaceId::new(id) else {
             return error(StatusCode::BAD_REQUEST, "invalid workspace id");
         };
-        let agent_url = match self.store.registration(&workspace).await {
-            Ok(r) => match r.agent_url {
-                Some(url) => url,
-                None => return error(StatusCode::NOT_FOUND, "workspace has no registered agent"),
-            },
-            Err(StoreError::NotFound) => {
-                return error(StatusCode::NOT_FOUND, "workspace not registered")
-            }
-            Err(e) => {
-                tracing::warn!(%workspace, error = %e, "registry lookup failed");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
-            }
+        if let Some(why) = steering(suffix) {
+            return error(StatusCode::BAD_REQUEST, why);
+        }
+        let agent_url = match self.agent_url(&workspace).await {
+            Ok(url) => url,
+            Err(response) => return response,
         };
         let is_card = is_card_request(&parts.method, parts.uri.path());
         let suffix = suffix.to_owned();
@@ -159,11 +207,15 @@ impl Inner {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST); // the client sets the agent's
         if is_card {
-            // The card is rewritten, so it must arrive uncompressed.
+            // The card is rewritten, so it must arrive whole and uncompressed; a HEAD is sent as
+            // a GET so that its headers describe the rewritten card.
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            parts.headers.remove(header::RANGE);
+            parts.headers.remove(header::IF_RANGE);
+            parts.method = Method::GET;
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
@@ -185,6 +237,74 @@ impl Inner {
             return rewrite_card(parts, body, &agent_url, &root).await;
         }
         Response::from_parts(parts, Body::new(body))
+    }
+
+    /// The workspace's agent URL: from the store (through its cache) within the lookup timeout,
+    /// else the last one it gave; a workspace never resolved here gets 503.
+    async fn agent_url(&self, workspace: &WorkspaceId) -> Result<String, Response<Body>> {
+        let looked_up =
+            tokio::time::timeout(self.lookup_timeout, self.store.registration(workspace)).await;
+        let failure = match looked_up {
+            Ok(Ok(registration)) => {
+                return match registration.agent_url {
+                    Some(url) => {
+                        self.remember(workspace, Some(&url));
+                        Ok(url)
+                    }
+                    None => {
+                        self.remember(workspace, None);
+                        Err(error(
+                            StatusCode::NOT_FOUND,
+                            "workspace has no registered agent",
+                        ))
+                    }
+                };
+            }
+            Ok(Err(StoreError::NotFound)) => {
+                self.remember(workspace, None);
+                return Err(error(StatusCode::NOT_FOUND, "workspace not registered"));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.lookup_timeout),
+        };
+        let known = self
+            .last_known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workspace)
+            .cloned();
+        match known {
+            Some(url) => {
+                tracing::debug!(%workspace, error = %failure, "registry lookup failed: last known agent URL used");
+                Ok(url)
+            }
+            None => {
+                tracing::warn!(%workspace, error = %failure, "registry lookup failed");
+                Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry unavailable",
+                ))
+            }
+        }
+    }
+
+    fn remember(&self, workspace: &WorkspaceId, url: Option<&str>) {
+        let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        match url {
+            Some(url) if known.get(workspace).map(String::as_str) == Some(url) => {}
+            Some(url) => {
+                if known.len() >= MAX_LAST_KNOWN && !known.contains_key(workspace) {
+                    // Bounded: an arbitrary entry goes (it is looked up again when needed).
+                    if let Some(victim) = known.keys().next().cloned() {
+                        known.remove(&victim);
+                    }
+                }
+                known.insert(workspace.clone(), url.to_owned());
+            }
+            None => {
+                known.remove(workspace);
+            }
+        }
     }
 
     async fn inner_request(
@@ -210,9 +330,17 @@ async fn rewrite_card(
             )
         }
     };
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        // Not JSON: nothing to rewrite, pass it on as it came.
-        return Response::from_parts(parts, Body::from(bytes));
+    // A card passed on unrewritten would hand the client the agent's own address, and every
+    // later call would skip the budget: what cannot be rewritten is not passed on.
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let parsed = serde_json::from_slice::<serde_json::Value>(text);
+    let mut value = match parsed {
+        Ok(value @ serde_json::Value::Object(_)) if !encoded => value,
+        _ => return error(StatusCode::BAD_GATEWAY, "agent card unreadable"),
     };
     card::rewrite(&mut value, agent_url, gateway_root);
     let out = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());

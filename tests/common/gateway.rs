@@ -21,7 +21,8 @@ pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "gateway"])
+            // All features: the build CI and packagers make must enforce like any other.
+            .args(["build", "--quiet", "--all-features", "--example", "gateway"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");

@@ -1,0 +1,134 @@
+//! The gateway's parts that do not depend on its flags: the store, and the router around the
+//! proxied service.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_budget::api::{BudgetApi, BUDGET_PAGE};
+use tower_budget::store::postgres::{migrate, PgStore, PoolOptions};
+use tower_budget::store::{BudgetStore, MemoryStore};
+
+use crate::proxy;
+
+/// The Postgres store for `database_url` (migrated), else the in-process store.
+pub async fn store(
+    database_url: Option<&str>,
+) -> Result<Arc<dyn BudgetStore>, Box<dyn std::error::Error>> {
+    Ok(match database_url {
+        Some(url) => {
+            let pool = PoolOptions::default().build(url)?;
+            migrate(&pool).await.map_err(|e| format!("database: {e}"))?;
+            tracing::info!("PostgreSQL store, migrations applied");
+            Arc::new(PgStore::new(pool))
+        }
+        None => {
+            tracing::info!("in-process store: budgets and spend live in memory and are lost on exit (use --database-url to keep them)");
+            Arc::new(MemoryStore::new())
+        }
+    })
+}
+
+/// The gateway's routes around `proxied`, the service behind `/workspaces/{id}/a2a[/…]`
+/// (the proxy wrapped in the budget layer; the load bench passes the bare proxy as its
+/// baseline).
+pub fn router<S>(proxied: S, api: BudgetApi, metrics: PrometheusHandle) -> Router
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Router::new()
+        .route_service("/workspaces/{id}/a2a", proxied.clone())
+        .route_service("/workspaces/{id}/a2a/", proxied.clone())
+        .route_service("/workspaces/{id}/a2a/{*rest}", proxied)
+        .route(
+            "/healthz",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"status":"ok"}"#,
+                )
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
+        .fallback_service(api)
+        .layer(middleware::from_fn(track))
+}
+
+/// Request counters and latency (to response headers) per route class.
+async fn track(request: Request<Body>, next: Next) -> Response {
+    let path = request.uri().path();
+    let route = if proxy::split_path(path).is_some() {
+        Route::Proxy
+    } else if matches!(path, "/healthz" | "/metrics" | "/ui") {
+        Route::Ops
+    } else {
+        Route::Api
+    };
+    let started = Instant::now();
+    let response = next.run(request).await.into_response();
+    let metrics = RouteMetrics::get(route);
+    metrics.requests(response.status()).increment(1);
+    metrics.duration.record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Proxy,
+    Ops,
+    Api,
+}
+
+impl Route {
+    const ALL: [Route; 3] = [Route::Proxy, Route::Ops, Route::Api];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Proxy => "proxy",
+            Route::Ops => "ops",
+            Route::Api => "api",
+        }
+    }
+}
+
+/// A route class's metric handles, resolved once each: on the request path a metric is an
+/// atomic add, not a registry lookup with allocated labels.
+struct RouteMetrics {
+    route: &'static str,
+    duration: metrics::Histogram,
+    /// `gateway_requests_total{route, status}`, by status code 100..=999.
+    requests: [OnceLock<metrics::Counter>; 900],
+}
+
+impl RouteMetrics {
+    fn get(route: Route) -> &'static RouteMetrics {
+        static ALL: OnceLock<[RouteMetrics; 3]> = OnceLock::new();
+        &ALL.get_or_init(|| {
+            Route::ALL.map(|r| RouteMetrics {
+                route: r.label(),
+                duration: metrics::histogram!("gateway_request_duration_seconds", "route" => r.label()),
+                requests: [const { OnceLock::new() }; 900],
+            })
+        })[route as usize]
+    }
+
+    fn requests(&self, status: http::StatusCode) -> &metrics::Counter {
+        // `StatusCode` is always 100..=999.
+        self.requests[usize::from(status.as_u16() - 100)].get_or_init(|| {
+            metrics::counter!("gateway_requests_total", "route" => self.route, "status" => status.as_str().to_owned())
+        })
+    }
+}
