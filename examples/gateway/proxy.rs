@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tower_budget::layer::BudgetDecision;
 use tower_budget::store::{BudgetStore, StoreError};
 use tower_budget::WorkspaceId;
 
@@ -186,7 +187,12 @@ impl Inner {
         if let Some(why) = steering(suffix) {
             return error(StatusCode::BAD_REQUEST, why);
         }
-        let agent_url = match self.agent_url(&workspace).await {
+        // The budget check just found the store unable to answer: the lookup waits no longer.
+        let store_down = matches!(
+            parts.extensions.get::<BudgetDecision>(),
+            Some(BudgetDecision::Unavailable { .. })
+        );
+        let agent_url = match self.agent_url(&workspace, store_down).await {
             Ok(url) => url,
             Err(response) => return response,
         };
@@ -240,10 +246,20 @@ impl Inner {
     }
 
     /// The workspace's agent URL: from the store (through its cache) within the lookup timeout,
-    /// else the last one it gave; a workspace never resolved here gets 503.
-    async fn agent_url(&self, workspace: &WorkspaceId) -> Result<String, Response<Body>> {
-        let looked_up =
-            tokio::time::timeout(self.lookup_timeout, self.store.registration(workspace)).await;
+    /// else the last one it gave; a workspace never resolved here gets 503. With `store_down`
+    /// only an answer at hand is taken: the request already paid the check's timeout.
+    async fn agent_url(
+        &self,
+        workspace: &WorkspaceId,
+        store_down: bool,
+    ) -> Result<String, Response<Body>> {
+        let wait = if store_down {
+            Duration::ZERO
+        } else {
+            self.lookup_timeout
+        };
+        // A zero timeout still polls the lookup once: a cached answer is always taken.
+        let looked_up = tokio::time::timeout(wait, self.store.registration(workspace)).await;
         let failure = match looked_up {
             Ok(Ok(registration)) => {
                 return match registration.agent_url {

@@ -36,6 +36,7 @@ mod heartbeat;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -52,6 +53,12 @@ use crate::WorkspaceId;
 /// The largest JSON body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Default bound on the store calls of one API request (→ 503 after it).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a request body may take to arrive (→ 408 after it).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The budget page (`/ui` in the example gateway): one self-contained HTML file, no build step,
 /// no CDN. It talks to this API with the admin token the operator types in.
 pub const BUDGET_PAGE: &str = include_str!("budget_page.html");
@@ -62,9 +69,11 @@ pub struct BudgetApi {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     store: Arc<dyn BudgetStore>,
     auth: Arc<dyn Authorize>,
+    store_timeout: Duration,
 }
 
 impl std::fmt::Debug for BudgetApi {
@@ -82,8 +91,18 @@ impl BudgetApi {
             inner: Arc::new(Inner {
                 store,
                 auth: Arc::new(auth),
+                store_timeout: DEFAULT_STORE_TIMEOUT,
             }),
         }
+    }
+
+    /// Bounds the store calls of one request (default [`DEFAULT_STORE_TIMEOUT`]): a store that
+    /// does not answer in time gets `503`, and the client may retry. A heartbeat answered 503 may
+    /// still be recorded; the agent's next cumulative report counts exactly what was not.
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).store_timeout = timeout;
+        self
     }
 }
 
@@ -122,6 +141,7 @@ pub(crate) enum ApiError {
     NotFound(&'static str),
     MethodNotAllowed(&'static str),
     PayloadTooLarge,
+    BodyTimeout,
     Unavailable,
 }
 
@@ -156,6 +176,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            ApiError::BodyTimeout => error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {} s", BODY_TIMEOUT.as_secs()),
             ),
             ApiError::Unavailable => {
                 error(StatusCode::SERVICE_UNAVAILABLE, "budget store unavailable")
@@ -217,32 +241,50 @@ impl Inner {
         let route = route(&parts.method, parts.uri.path())?;
         let token = auth::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let principal = self
-            .auth
-            .authenticate(token)
-            .await?
+            .bounded(self.auth.authenticate(token))
+            .await??
             .ok_or(ApiError::Forbidden("unknown token"))?;
+        let store = &*self.store;
         match route {
             Route::Budget(id) if parts.method == Method::GET => {
-                budget::get(&*self.store, &principal, workspace_in_path(id)?).await
+                let id = workspace_in_path(id)?;
+                self.bounded(budget::get(store, &principal, id)).await?
             }
             Route::Budget(id) => {
                 let id = workspace_in_path(id)?;
                 let body = read_json(body).await?;
-                budget::patch(&*self.store, &principal, id, &body).await
+                self.bounded(budget::patch(store, &principal, id, &body))
+                    .await?
             }
             Route::Workspace(id) => {
-                budget::remove(&*self.store, &principal, workspace_in_path(id)?).await
+                let id = workspace_in_path(id)?;
+                self.bounded(budget::remove(store, &principal, id)).await?
             }
-            Route::Workspaces => budget::list(&*self.store, &principal, parts.uri.query()).await,
+            Route::Workspaces => {
+                self.bounded(budget::list(store, &principal, parts.uri.query()))
+                    .await?
+            }
             Route::Heartbeat => {
                 let body = read_bytes(body).await?;
-                heartbeat::record(&*self.store, &principal, &body).await
+                self.bounded(heartbeat::record(store, &principal, &body))
+                    .await?
             }
             Route::Register => {
                 let body = read_json(body).await?;
-                heartbeat::register(&*self.store, &principal, &body).await
+                self.bounded(heartbeat::register(store, &principal, &body))
+                    .await?
             }
         }
+    }
+
+    /// `work` within the store timeout; after it, 503.
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+        tokio::time::timeout(self.store_timeout, work)
+            .await
+            .map_err(|_| {
+                tracing::warn!(timeout = ?self.store_timeout, "budget API: store did not answer in time");
+                ApiError::Unavailable
+            })
     }
 }
 
@@ -258,7 +300,8 @@ where
     B: http_body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    match read.await.map_err(|_| ApiError::BodyTimeout)? {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
         Err(e) => Err(ApiError::bad(format!("could not read the body: {e}"))),

@@ -8,3 +8,5 @@ pub mod fake;
 pub mod gateway;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "postgres")]
+pub mod relay;

@@ -23,6 +23,11 @@ pub fn database_url() -> String {
 
 /// A fresh, empty schema on the test server.
 pub async fn fresh_schema() -> String {
+    fresh_schema_on(&database_url()).await
+}
+
+/// A fresh, empty schema on the server at `url`.
+pub async fn fresh_schema_on(url: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let schema = format!(
         "t_{}_{}_{}",
@@ -30,13 +35,34 @@ pub async fn fresh_schema() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed),
         fastrand::u32(..)
     );
-    admin_execute(&format!("CREATE SCHEMA {schema}")).await;
+    admin_execute_on(url, &format!("CREATE SCHEMA {schema}")).await;
     schema
 }
 
 /// Runs `sql` on an admin connection.
 pub async fn admin_execute(sql: &str) {
+    admin_execute_on(&database_url(), sql).await
+}
+
+/// The single `bigint` that `sql` returns, on an admin connection to the test server.
+pub async fn admin_query_i64(sql: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let conn = tokio::spawn(conn);
+    let n = client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0);
+    drop(client);
+    let _ = conn.await;
+    n
+}
+
+/// Runs `sql` on an admin connection to the server at `url`.
+pub async fn admin_execute_on(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect to the test PostgreSQL");
     let conn = tokio::spawn(conn);
@@ -63,72 +89,122 @@ pub async fn migrated_pool() -> Pool {
 }
 
 fn start_throwaway_server() -> String {
-    let bindir = find_bindir().expect(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found: set DATABASE_URL, or run \
-         scripts/test, which installs them",
-    );
-    let as_root = run_output(Command::new("id").arg("-u")).trim() == "0";
-    let dir = std::env::temp_dir().join(format!(
-        "tower-budget-pg-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the server's directory");
-    if as_root {
-        // PostgreSQL refuses to run as root: hand the directory to the `postgres` user.
-        run(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir));
+    let server = Server::start();
+    let url = server.url();
+    // The watchdog removes it when this process exits.
+    std::mem::forget(server);
+    url
+}
+
+/// A PostgreSQL server of this process's own, on a free loopback port: stopped and removed by a
+/// watchdog when the process exits; it can be stopped and started again meanwhile.
+pub struct Server {
+    bindir: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
+    as_root: bool,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let bindir = find_bindir().expect(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: set DATABASE_URL, or run \
+             scripts/test, which installs them",
+        );
+        let as_root = run_output(Command::new("id").arg("-u")).trim() == "0";
+        let dir = std::env::temp_dir().join(format!(
+            "tower-budget-pg-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        if as_root {
+            // PostgreSQL refuses to run as root: hand the directory to the `postgres` user.
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir));
+        }
+        let data = dir.join("data");
+        let pg_ctl = bindir.join("pg_ctl");
+        run(as_server_user(as_root, &bindir.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
+        let port = free_port();
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            dir.display()
+        );
+        // Tests need no durability, and skipping fsync makes them faster. Benches set PG_DURABLE=1
+        // to measure the server's default, crash-safe settings.
+        if std::env::var_os("PG_DURABLE").is_none() {
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+        }
+        let server = Server {
+            bindir,
+            data: data.clone(),
+            log: dir.join("server.log"),
+            options,
+            as_root,
+            port,
+        };
+        server.start_again();
+        // The server outlives a test binary unless something stops it: a watchdog polls for this
+        // process and then stops the server and removes its files. It checks /proc rather than
+        // `kill -0`, which an unprivileged watchdog cannot send to a root test process.
+        let watchdog = format!(
+            "while [ -d /proc/{pid} ]; do sleep 1; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let mut sh = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", &watchdog]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &watchdog]);
+            c
+        };
+        use std::os::unix::process::CommandExt;
+        sh.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        // Deliberately not waited for: it must outlive this process to clean up after it.
+        std::mem::forget(sh.spawn().expect("start the server watchdog"));
+        server
     }
-    let data = dir.join("data");
-    let pg_ctl = bindir.join("pg_ctl");
-    run(as_server_user(as_root, &bindir.join("initdb"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
-    let port = free_port();
-    let mut server_options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
-        dir.display()
-    );
-    // Tests need no durability, and skipping fsync makes them faster. Benches set PG_DURABLE=1
-    // to measure the server's default, crash-safe settings.
-    if std::env::var_os("PG_DURABLE").is_none() {
-        server_options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
-    run(as_server_user(as_root, &pg_ctl)
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("server.log"))
-        .args(["-w", "-t", "60", "-o", &server_options, "start"]));
-    // The server outlives a test binary unless something stops it: a watchdog polls for this
-    // process and then stops the server and removes its files. It checks /proc rather than
-    // `kill -0`, which an unprivileged watchdog cannot send to a root test process.
-    let watchdog = format!(
-        "while [ -d /proc/{pid} ]; do sleep 1; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
-        pg_ctl = pg_ctl.display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    let mut sh = if as_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "sh", "-c", &watchdog]);
-        c
-    } else {
-        let mut c = Command::new("sh");
-        c.args(["-c", &watchdog]);
-        c
-    };
-    use std::os::unix::process::CommandExt;
-    sh.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    // Deliberately not waited for: it must outlive this process to clean up after it.
-    std::mem::forget(sh.spawn().expect("start the server watchdog"));
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Stops the server (fast shutdown: sessions are disconnected).
+    pub fn stop(&self) {
+        run(as_server_user(self.as_root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]));
+    }
+
+    /// Starts the stopped server again, on the same port and data.
+    pub fn start_again(&self) {
+        run(as_server_user(self.as_root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "-o", &self.options, "start"]));
+    }
 }
 
 fn as_server_user(as_root: bool, program: &Path) -> Command {

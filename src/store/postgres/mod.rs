@@ -142,6 +142,10 @@ impl PoolOptions {
         }
         config.options(&options);
         config.connect_timeout(self.create_timeout);
+        if config.get_application_name().is_none() {
+            // Operators find the pool's sessions in pg_stat_activity by this name.
+            config.application_name("tower-budget");
+        }
         // A server that vanishes without closing the socket is noticed, not waited on for ever.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
