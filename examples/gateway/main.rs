@@ -117,17 +117,16 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
         let mut stop = stop_rx;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+        app::serve(listener, app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     });
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => result??,
+        Ok(result) => result?,
         Err(_) => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running after the grace period; exiting")
         }

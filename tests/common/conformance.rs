@@ -556,10 +556,7 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(
     store: S,
     clock: ManualClock,
 ) {
-    let seed = std::env::var("EXACTNESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
+    let seed = crate::common::seed("exact_against_brute_force_on_random_ledgers");
     let mut rng = fastrand::Rng::with_seed(seed);
     let us = chrono::Duration::microseconds;
     for case in 0..40 {
@@ -657,7 +654,10 @@ pub async fn concurrent_seq_heartbeats_count_exactly<S: BudgetStore>(store: S, c
     let w = ws("ws-1");
     store.register(&w).await.unwrap();
     let mut seqs: Vec<u64> = (1..=N).collect();
-    fastrand::shuffle(&mut seqs);
+    fastrand::Rng::with_seed(crate::common::seed(
+        "concurrent_seq_heartbeats_count_exactly",
+    ))
+    .shuffle(&mut seqs);
     let tasks: Vec<_> = (0..32)
         .map(|t| {
             let mine: Vec<u64> = seqs.iter().copied().skip(t).step_by(32).collect();

@@ -10,3 +10,14 @@ pub mod gateway;
 pub mod pg;
 #[cfg(feature = "postgres")]
 pub mod relay;
+
+/// The seed for a randomized test: `TEST_SEED` when set, else a fresh one. Printed, so that a
+/// failure can be replayed with `TEST_SEED=<seed>`.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("{test}: seed {seed} (replay with TEST_SEED={seed})");
+    seed
+}
