@@ -48,9 +48,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway on 127.0.0.1:0 with `ADMIN` as admin token and `args` added.
+    /// Starts the gateway on 127.0.0.1:0 with `ADMIN` as admin token and `args` added. Unless
+    /// `args` set one, the check timeout is 2 s: tests that expect a 402 must not depend on a
+    /// 50 ms check on a busy debug build.
     pub fn start(args: &[&str]) -> Gateway {
         let mut all = vec!["--listen", "127.0.0.1:0", "--admin-token", ADMIN];
+        if !args.contains(&"--check-timeout-ms") {
+            all.extend_from_slice(&["--check-timeout-ms", "2000"]);
+        }
         all.extend_from_slice(args);
         Gateway::start_raw(&all, &[])
     }
@@ -164,8 +169,13 @@ impl Gateway {
 
     /// Sends SIGTERM and waits (≤ 40 s) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) and waits (≤ 40 s) for the exit status.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
