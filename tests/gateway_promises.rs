@@ -353,3 +353,116 @@ async fn the_pruner_prunes_on_its_own() {
     }
     pruner.abort();
 }
+
+/// The auth matrix on every route, for every kind of caller: the SPEC's status, nothing changed
+/// by a denial, and no token in any error body or log line (logged at debug level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
+    let log = std::env::temp_dir().join(format!("tb-auth-{}.log", std::process::id()));
+    let gw = Gateway::start_logged(&[], &log);
+    let own = register(&gw, "ws-1", "http://127.0.0.1:9/a").await;
+    let other = register(&gw, "ws-2", "http://127.0.0.1:9/a").await;
+    let rotated_out = register(&gw, "ws-r", "http://127.0.0.1:9/a").await;
+    let rotated_in = register(&gw, "ws-r", "http://127.0.0.1:9/a").await;
+    let removed = register(&gw, "ws-gone", "http://127.0.0.1:9/a").await;
+    let del = gw
+        .call(Method::DELETE, "/workspaces/ws-gone", Some(ADMIN), None)
+        .await;
+    assert_eq!(del.status, StatusCode::OK);
+    let state = || async {
+        let mut all = Vec::new();
+        for id in ["ws-1", "ws-2", "ws-r"] {
+            let r = gw
+                .call(
+                    Method::GET,
+                    &format!("/workspaces/{id}/budget"),
+                    Some(ADMIN),
+                    None,
+                )
+                .await;
+            all.push(r.json);
+        }
+        all.push(
+            gw.call(Method::GET, "/workspaces", Some(ADMIN), None)
+                .await
+                .json,
+        );
+        all
+    };
+    let before = state().await;
+
+    // Allowed calls below change nothing either: a report of 0 records nothing.
+    let hb = r#"{"workspace_id": "ws-1", "monthly_spend": 0}"#;
+    let hb_gone = r#"{"workspace_id": "ws-gone", "monthly_spend": 50}"#;
+    let reg = r#"{"workspace_id": "ws-new", "url": "http://127.0.0.1:9/x"}"#;
+    let lim = r#"{"budget_limits": {"hourly": 10}}"#;
+    let routes: &[(Method, &str, Option<&str>)] = &[
+        (Method::GET, "/workspaces/ws-1/budget", None),
+        (Method::PATCH, "/workspaces/ws-1/budget", Some(lim)),
+        (Method::POST, "/registry/heartbeat", Some(hb)),
+        (Method::GET, "/workspaces", None),
+        (Method::POST, "/registry/register", Some(reg)),
+        (Method::DELETE, "/workspaces/ws-2", None),
+        (Method::GET, "/workspaces/ws-gone/budget", None),
+        (Method::POST, "/registry/heartbeat", Some(hb_gone)),
+    ];
+    // (header value, expected status per route), the SPEC's order: 401, 403, 400, 403, 404.
+    let bearer = |t: &str| format!("Bearer {t}");
+    let callers: Vec<(String, [u16; 8])> = vec![
+        ("Basic dXNlcjpwYXNz".into(), [401; 8]),
+        ("Bearer".into(), [401; 8]),
+        ("Bearer    ".into(), [401; 8]),
+        ("Token abc".into(), [401; 8]),
+        (bearer("nobody-has-this"), [403; 8]),
+        (bearer(&format!("{own} x")), [403; 8]),
+        (bearer(&rotated_out), [403; 8]),
+        (bearer(&other), [403; 8]),
+        (bearer(&rotated_in), [403; 8]),
+        (bearer(&own), [200, 403, 200, 403, 403, 403, 403, 403]),
+        (bearer(&removed), [403, 403, 403, 403, 403, 403, 404, 404]),
+    ];
+    let tokens = [&own, &other, &rotated_out, &rotated_in, &removed];
+    for (header, want) in &callers {
+        for ((method, path, body), want) in routes.iter().zip(want) {
+            let r = gw
+                .call_raw(
+                    method.clone(),
+                    path,
+                    None,
+                    *body,
+                    &[("authorization", header)],
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), *want, "{method} {path} with {header:?}");
+            let text = String::from_utf8_lossy(&r.bytes);
+            if !r.status.is_success() {
+                assert!(r.json["error"].is_string(), "{method} {path}: JSON error");
+            }
+            for t in tokens {
+                assert!(
+                    !text.contains(t.as_str()),
+                    "a token in an error body: {text}"
+                );
+            }
+        }
+    }
+    assert_eq!(state().await, before, "denials changed nothing");
+    // A value with bytes outside ASCII is no bearer token (RFC 6750's token68 is ASCII): 401.
+    let r = gw
+        .call_raw(
+            Method::GET,
+            "/workspaces",
+            None,
+            None,
+            &[("authorization", "Bearer \u{e9}t\u{e9}")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.lines().count() > 0, "debug logging on");
+    for t in tokens.iter().map(|t| t.as_str()).chain([ADMIN]) {
+        assert!(!logged.contains(t), "a token in the log");
+    }
+    let _ = std::fs::remove_file(&log);
+}

@@ -66,15 +66,32 @@ impl Gateway {
         Gateway::start_binary(&binary(), args, env)
     }
 
+    /// Like [`start`](Self::start), logging at debug level into `log` instead of the terminal.
+    pub fn start_logged(args: &[&str], log: &std::path::Path) -> Gateway {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--admin-token", ADMIN];
+        all.extend_from_slice(args);
+        let file = std::fs::File::create(log).unwrap();
+        Gateway::spawn(&binary(), &all, &[("RUST_LOG", "debug")], Stdio::from(file))
+    }
+
     /// Like [`start_raw`](Self::start_raw) with another build of the gateway.
     pub fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(binary, args, env, Stdio::inherit())
+    }
+
+    fn spawn(
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Gateway {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
