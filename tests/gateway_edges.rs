@@ -67,11 +67,20 @@ async fn scripted_agent() -> Scripted {
                             res = res.header("content-encoding", "gzip");
                             card.into()
                         }
+                        p if p.starts_with("/redirect/") => {
+                            res = res
+                                .status(StatusCode::TEMPORARY_REDIRECT)
+                                .header("location", format!("{base}/moved"))
+                                .header("content-location", "/redirect/here");
+                            "{}".into()
+                        }
                         p if p.starts_with("/range/") && range.is_some() => {
                             res = res.status(StatusCode::PARTIAL_CONTENT);
                             card[..40].to_owned().into()
                         }
-                        p if p.contains("agent-card.json") => card.into(),
+                        p if p.contains("agent-card.json") || p.ends_with("/agent.json") => {
+                            card.into()
+                        }
                         _ => "{\"ok\": true}".into(),
                     };
                     async move { Ok::<_, Infallible>(res.body(Full::new(body)).unwrap()) }
@@ -121,6 +130,12 @@ async fn paths_that_could_leave_the_agent_are_refused() {
         "/workspaces/ws-a/a2a/..%5cb",
         "/workspaces/ws-a/a2a/x%5C..%5Cb",
         "/workspaces/ws-a/a2a/.well-known/../../b",
+        "/workspaces/ws-a/a2a/..;/b",
+        "/workspaces/ws-a/a2a/..;x=1/b",
+        "/workspaces/ws-a/a2a/%2e%2e%3bx/b",
+        "/workspaces/ws-a/a2a/%252e%252e/b",
+        "/workspaces/ws-a/a2a/x%252fb",
+        "/workspaces/ws-a/a2a/x%00y",
     ];
     for path in steering {
         for method in [Method::POST, Method::GET] {
@@ -226,4 +241,68 @@ async fn the_card_route_never_leaks_the_agent_address() {
     assert!(head.bytes.is_empty());
     assert_eq!(head.headers["content-length"], get.bytes.len().to_string());
     assert_eq!(head.headers["etag"], get.headers["etag"]);
+}
+
+/// A card asked for under another spelling is fetched under its one spelling and rewritten; a
+/// redirect to the agent's own origin points at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_spellings_and_redirects_point_at_the_gateway() {
+    let agent = scripted_agent().await;
+    let gw = Gateway::start(&[]);
+    register(&gw, "plain", &format!("{}/plain", agent.url)).await;
+    register(&gw, "redirect", &format!("{}/redirect", agent.url)).await;
+    let root = gw.url("/workspaces/plain/a2a");
+    for spelling in [
+        "/.well-known/agent%2Dcard.json",
+        "/%2Ewell-known/agent-card.json",
+        "/.WELL-KNOWN/AGENT-CARD.JSON",
+        "/.well-known/agent-card.json;x=1",
+        "/.well-known/Agent.json",
+    ] {
+        let r = gw
+            .call(
+                Method::GET,
+                &format!("/workspaces/plain/a2a{spelling}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{spelling}");
+        assert_eq!(r.json["url"], format!("{root}/"), "{spelling}: rewritten");
+        let seen = agent.seen.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            seen.1 == "/plain/.well-known/agent-card.json"
+                || seen.1 == "/plain/.well-known/agent.json",
+            "{spelling} fetched as {}",
+            seen.1
+        );
+    }
+    let r = gw
+        .call_raw(
+            Method::POST,
+            "/workspaces/redirect/a2a/x",
+            None,
+            Some("{}"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        r.headers["location"],
+        gw.url("/workspaces/redirect/a2a/moved").as_str()
+    );
+    assert_eq!(
+        r.headers["content-location"],
+        gw.url("/workspaces/redirect/a2a/here").as_str()
+    );
+    // A card that redirects is not followed or passed on.
+    let r = gw
+        .call(
+            Method::GET,
+            "/workspaces/redirect/a2a/.well-known/agent-card.json",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
 }

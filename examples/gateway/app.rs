@@ -24,6 +24,21 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Most client connections open at once; further ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
+/// Whether the client has sent enough to tell HTTP/1 from HTTP/2 (the first bytes differ from
+/// the HTTP/2 preface, or all 24 of it are there); false at end of stream or on an error.
+async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == PREFACE.len() || first[..n] != PREFACE[..n] => return true,
+            // Part of the preface: wait for the rest (peek returns at once while data is there).
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets open connections finish
 /// their requests. HTTP/1 and HTTP/2, with a header read timeout and a connection cap.
 pub async fn serve(
@@ -39,7 +54,12 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // A peer that stops answering pings is dropped.
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -66,12 +86,19 @@ pub async fn serve(
                 .clone()
                 .map_request(|r: http::Request<hyper::body::Incoming>| r.map(Body::new)),
         );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, with no timeout of
+            // its own: a client that sends nothing is dropped after the header read timeout.
+            if !tokio::time::timeout(HEADER_READ_TIMEOUT, protocol_known(&stream))
+                .await
+                .unwrap_or(false)
+            {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
             drop(slot);
         });
     }

@@ -6,9 +6,24 @@ use serde_json::Value;
 /// The paths an agent card is served at (protocol 1.0, and the older 0.3 name).
 pub const CARD_PATHS: [&str; 2] = ["/.well-known/agent-card.json", "/.well-known/agent.json"];
 
-/// Whether `suffix` (the path below `/workspaces/{id}/a2a`) is an agent card.
+/// Whether `suffix` (the path below `/workspaces/{id}/a2a`) is an agent card, spelled exactly.
 pub fn is_card_path(suffix: &str) -> bool {
     CARD_PATHS.contains(&suffix)
+}
+
+/// The card path `suffix` names under any spelling an agent's router might accept — each segment
+/// percent-decoded, without `;` parameters, in any case — or `None`.
+pub fn canonical_card_path(suffix: &str) -> Option<&'static str> {
+    let mut normalized = String::with_capacity(suffix.len());
+    for (i, segment) in suffix.split('/').enumerate() {
+        if i > 0 {
+            normalized.push('/');
+        }
+        let decoded = crate::proxy::percent_decode(segment.as_bytes());
+        let base = decoded.split(|b| *b == b';').next().unwrap_or_default();
+        normalized.push_str(&String::from_utf8_lossy(base).to_ascii_lowercase());
+    }
+    CARD_PATHS.iter().copied().find(|p| *p == normalized)
 }
 
 /// Interfaces the gateway cannot carry: a client using them would bypass the budget.

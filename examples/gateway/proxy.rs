@@ -74,26 +74,36 @@ impl Proxy {
 }
 
 /// Why a path below `/workspaces/{id}/a2a` could leave the agent's registered path, if it could:
-/// a `.` or `..` segment (raw or percent-encoded, any case), an encoded slash, or a backslash
-/// (raw or encoded). Such a request is refused, not forwarded.
+/// a `.` or `..` segment, an encoded slash, a backslash or a NUL — raw or percent-encoded once or
+/// twice, in any case, and before a `;` (servlet containers read `..;x` as `..`). Such a request is
+/// refused, not forwarded.
 pub fn steering(suffix: &str) -> Option<&'static str> {
     for segment in suffix.split('/') {
-        let decoded = percent_decode(segment.as_bytes());
-        if decoded == b"." || decoded == b".." {
-            return Some("dot segments are not allowed in the path");
-        }
-        if decoded.contains(&b'/') {
-            return Some("encoded slashes are not allowed in the path");
-        }
-        if decoded.contains(&b'\\') {
-            return Some("backslashes are not allowed in the path");
+        let mut decoded = segment.as_bytes().to_vec();
+        for depth in 0..3 {
+            if depth > 0 {
+                decoded = percent_decode(&decoded);
+            }
+            let base = decoded.split(|b| *b == b';').next().unwrap_or_default();
+            if base == b"." || base == b".." {
+                return Some("dot segments are not allowed in the path");
+            }
+            if depth > 0 && decoded.contains(&b'/') {
+                return Some("encoded slashes are not allowed in the path");
+            }
+            if decoded.contains(&b'\\') {
+                return Some("backslashes are not allowed in the path");
+            }
+            if decoded.contains(&0) {
+                return Some("NUL bytes are not allowed in the path");
+            }
         }
     }
     None
 }
 
 /// One level of percent-decoding; malformed escapes stay as they are.
-fn percent_decode(raw: &[u8]) -> Vec<u8> {
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -196,8 +206,12 @@ impl Inner {
             Ok(url) => url,
             Err(response) => return response,
         };
-        let is_card = is_card_request(&parts.method, parts.uri.path());
-        let suffix = suffix.to_owned();
+        // A card asked for under another spelling (`agent%2Dcard.json`, `.WELL-KNOWN/…`,
+        // `…json;x`) is a card too: an agent's router may decode or case-fold the path and serve
+        // it, so it is fetched under its one spelling and rewritten like any other.
+        let card_path = card::canonical_card_path(suffix);
+        let is_card = card_path.is_some();
+        let suffix = card_path.unwrap_or(suffix).to_owned();
         let mut target = if suffix.is_empty() {
             agent_url.clone()
         } else {
@@ -219,9 +233,17 @@ impl Inner {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            parts.headers.remove(header::RANGE);
-            parts.headers.remove(header::IF_RANGE);
-            parts.method = Method::GET;
+            for conditional in [
+                header::RANGE,
+                header::IF_RANGE,
+                header::IF_NONE_MATCH,
+                header::IF_MODIFIED_SINCE,
+            ] {
+                parts.headers.remove(conditional);
+            }
+            if parts.method == Method::HEAD {
+                parts.method = Method::GET;
+            }
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
@@ -238,9 +260,24 @@ impl Inner {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if is_card && parts.status == StatusCode::OK {
-            let root = format!("{}/workspaces/{workspace}/a2a", self.public_url);
-            return rewrite_card(parts, body, &agent_url, &root).await;
+        let root = format!("{}/workspaces/{workspace}/a2a", self.public_url);
+        // A redirect to the agent's own origin would hand the client its address.
+        point_at_gateway(&mut parts.headers, &agent_url, &root);
+        if is_card {
+            if parts.status == StatusCode::OK {
+                let read = tokio::time::timeout(self.timeout, read_card(body)).await;
+                return match read {
+                    Ok(Ok(bytes)) => rewrite_card(parts, bytes, &agent_url, &root),
+                    Ok(Err(response)) => response,
+                    Err(_) => error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "agent card not received in time",
+                    ),
+                };
+            }
+            if parts.status.is_redirection() {
+                return error(StatusCode::BAD_GATEWAY, "agent card redirected");
+            }
         }
         Response::from_parts(parts, Body::new(body))
     }
@@ -331,21 +368,67 @@ impl Inner {
     }
 }
 
-async fn rewrite_card(
+/// `Location` and `Content-Location` values on the agent's origin, pointed at the gateway (the
+/// same mapping as card URLs); other origins are left alone.
+fn point_at_gateway(headers: &mut HeaderMap, agent_url: &str, gateway_root: &str) {
+    let Ok(agent) = agent_url.parse::<Uri>() else {
+        return;
+    };
+    let origin = format!(
+        "{}://{}",
+        agent.scheme_str().unwrap_or("http"),
+        agent.authority().map_or("", |a| a.as_str())
+    );
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let absolute = if value.starts_with('/') && !value.starts_with("//") {
+            format!("{origin}{value}")
+        } else {
+            value.to_owned()
+        };
+        let Ok(uri) = absolute.parse::<Uri>() else {
+            continue;
+        };
+        let same_origin = uri.scheme_str() == agent.scheme_str()
+            && uri.authority().map(|a| a.as_str().to_ascii_lowercase())
+                == agent.authority().map(|a| a.as_str().to_ascii_lowercase());
+        if same_origin {
+            // Spelled with the agent URL's own origin, so that the mapping below matches it.
+            let absolute = format!(
+                "{origin}{}",
+                uri.path_and_query().map_or("/", |pq| pq.as_str())
+            );
+            let mapped = card::map_url(&absolute, agent_url, gateway_root);
+            match HeaderValue::from_str(&mapped) {
+                Ok(v) => {
+                    headers.insert(name, v);
+                }
+                Err(_) => {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+}
+
+async fn read_card(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, MAX_CARD_BYTES).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::BAD_GATEWAY,
+            "agent card unreadable or too large",
+        )),
+    }
+}
+
+fn rewrite_card(
     mut parts: http::response::Parts,
-    body: hyper::body::Incoming,
+    bytes: Bytes,
     agent_url: &str,
     gateway_root: &str,
 ) -> Response<Body> {
-    let bytes = match Limited::new(body, MAX_CARD_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "agent card unreadable or too large",
-            )
-        }
-    };
     // A card passed on unrewritten would hand the client the agent's own address, and every
     // later call would skip the budget: what cannot be rewritten is not passed on.
     let encoded = parts
@@ -399,6 +482,62 @@ mod tests {
             "/workspaces/w/a2a/.well-known/agent-card.json"
         ));
         assert!(!is_card_request(&Method::GET, "/workspaces/w/a2a/other"));
+    }
+
+    #[test]
+    fn steering_forms() {
+        for bad in [
+            "/..",
+            "/.",
+            "/a/../b",
+            "/%2e%2E",
+            "/.%2e",
+            "/..;x",
+            "/%2e%2e%3b",
+            "/%252e%252e",
+            "/a%2fb",
+            "/a%252Fb",
+            "/a\\b",
+            "/a%5cb",
+            "/a%255cb",
+            "/a%00b",
+            "/a%2500b",
+        ] {
+            assert!(steering(bad).is_some(), "{bad}");
+        }
+        for ok in [
+            "", "/", "/a/b", "/a..b", "/...", "/a;b", "/%41", "/a%20b", "/%", "/%2",
+        ] {
+            assert!(steering(ok).is_none(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn redirects_to_the_agent_point_at_the_gateway() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://Agent:9/base/x?q=1"),
+        );
+        h.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("https://elsewhere/y"),
+        );
+        point_at_gateway(&mut h, "http://agent:9/base", "https://gw/workspaces/w/a2a");
+        assert_eq!(h[header::LOCATION], "https://gw/workspaces/w/a2a/x?q=1");
+        assert_eq!(
+            h[header::CONTENT_LOCATION],
+            "https://elsewhere/y",
+            "other origins stay"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::LOCATION, HeaderValue::from_static("/other"));
+        point_at_gateway(&mut h, "http://agent:9/base", "https://gw/workspaces/w/a2a");
+        assert_eq!(
+            h[header::LOCATION],
+            "https://gw/workspaces/w/a2a",
+            "outside the base: the root"
+        );
     }
 
     #[test]
