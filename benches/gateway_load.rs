@@ -79,18 +79,27 @@ fn build(target_dir: &Path) -> PathBuf {
     target_dir.join("release/examples/gateway")
 }
 
-/// The baseline: this binary, run with `--serve-baseline --database-url URL`, serves the
-/// gateway's router and proxy with no budget layer in front of the proxy.
-fn serve_baseline(database_url: &str) {
+/// The baseline: this binary, run with `--serve-baseline [--database-url URL] [--listen ADDR]`,
+/// serves the gateway's router and proxy with no budget layer in front of the proxy (the
+/// in-process store without a database URL). `scripts/bench-instructions` uses it too.
+fn serve_baseline(args: &[String]) {
     use tower_budget::api::{BudgetApi, TokenAuth};
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let database_url = flag("--database-url");
+    let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .unwrap();
-        let store = app::store(Some(database_url)).await.unwrap();
+        let store = app::store(database_url.as_deref()).await.unwrap();
         let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
         let local = listener.local_addr().unwrap();
         let proxy = proxy::Proxy::new(
             store,
@@ -100,7 +109,7 @@ fn serve_baseline(database_url: &str) {
         );
         let router = app::router(proxy, api, metrics);
         println!("listening on http://{local} (baseline: no budget layer)");
-        axum::serve(listener, router).await.unwrap();
+        app::serve(listener, router, std::future::pending()).await;
     });
 }
 
@@ -217,10 +226,8 @@ fn median(runs: &[Run]) -> Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, _, url] = args.as_slice() {
-        if flag == "--serve-baseline" {
-            return serve_baseline(url);
-        }
+    if args.iter().any(|a| a == "--serve-baseline") {
+        return serve_baseline(&args);
     }
     // `cargo bench` passes --bench; nothing to filter here.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

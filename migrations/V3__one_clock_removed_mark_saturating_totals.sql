@@ -1,9 +1,10 @@
 -- tower-budget V3: the database's clock for the ledger, the seed's `status = 'removed'` mark
 -- honoured, and running totals that never overflow.
 --
--- The heartbeat function keeps its signature; `p_at` NULL (what PgStore sends unless a test
--- injects a clock) stamps the entry with the database server's clock, the one clock that every
--- replica shares.
+-- The heartbeat function keeps its signature, so replicas still running the previous version
+-- keep working during a rolling upgrade; `p_at` NULL (what PgStore sends unless a test injects a
+-- clock) stamps the entry with the database server's clock, the one clock that every replica
+-- shares, and a `p_at` later than that clock is taken as the database's now.
 
 CREATE OR REPLACE FUNCTION tower_budget_record_heartbeat(
     p_workspace_id TEXT,
@@ -48,10 +49,11 @@ BEGIN
         -- The running total would pass i64. Totals are only ever subtracted from each other,
         -- so shift them all down by the total before the oldest kept entry (0 when none is
         -- kept). Two steps through negative values keep the primary key unique row by row.
-        SELECT COALESCE(MIN(e.total_cents - e.delta_cents), v_total)
-          INTO v_base
-          FROM workspace_spend_events e
-         WHERE e.workspace_id = p_workspace_id;
+        -- The oldest kept entry has the smallest total: one probe on the primary key.
+        v_base := COALESCE(
+            (SELECT e.total_cents - e.delta_cents FROM workspace_spend_events e
+              WHERE e.workspace_id = p_workspace_id ORDER BY e.total_cents LIMIT 1),
+            v_total);
         IF v_base > 0 THEN
             UPDATE workspace_spend_events SET total_cents = -(total_cents - v_base) - 1
              WHERE workspace_id = p_workspace_id;
@@ -64,8 +66,10 @@ BEGIN
     END IF;
 
     IF v_delta > 0 THEN
-        -- Entries stay in time order even if the clock steps back.
-        v_at := GREATEST(COALESCE(p_at, now()), w.spend_last_at);
+        -- Entries stay in time order even if the clock steps back. A time handed in (a test's
+        -- clock, or a replica still on the V1 code that sends its own) is never later than the
+        -- database's: a fast clock cannot stamp spend into the future.
+        v_at := GREATEST(LEAST(COALESCE(p_at, now()), now()), w.spend_last_at);
         v_total := v_total + v_delta;
         INSERT INTO workspace_spend_events (workspace_id, occurred_at, delta_cents, total_cents)
         VALUES (p_workspace_id, v_at, v_delta, v_total);

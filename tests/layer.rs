@@ -646,3 +646,60 @@ async fn the_cache_holds_at_most_its_capacity() {
     assert!(f.layer().with_cache_capacity(0).is_err());
     assert!(f.layer().with_check_timeout(Duration::ZERO).is_err());
 }
+
+/// The caching store keeps the last registration for when the store cannot answer, and drops it
+/// with a DELETE or a new registration through it (the gateway's proxy falls back on it).
+#[tokio::test(start_paused = true)]
+async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
+    use tower_budget::store::{CachingStore, Registration};
+    let f = Fixture::new().await;
+    let cache = CachingStore::new(Arc::new(f.store.clone()), Duration::from_secs(1), 100);
+    let w = ws("ws-1");
+    let url = |u: &str| Registration {
+        agent_url: Some(u.into()),
+        token_hash: None,
+    };
+    cache.register_agent(&w, &url("http://a/1")).await.unwrap();
+    assert_eq!(
+        cache.last_known_registration(&w),
+        None,
+        "nothing answered yet"
+    );
+    cache.registration(&w).await.unwrap();
+    assert_eq!(cache.last_known_registration(&w), Some(url("http://a/1")));
+
+    f.store.set_mode(Mode::Failing);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(cache.registration(&w).await.is_err());
+    cache
+        .record_heartbeat(&tower_budget::store::Heartbeat::new(
+            w.clone(),
+            Some(5),
+            None,
+        ))
+        .await
+        .unwrap();
+    cache
+        .patch_limits(&w, &tower_budget::period::LimitsPatch::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.last_known_registration(&w),
+        Some(url("http://a/1")),
+        "kept through the outage, heartbeats and patches"
+    );
+
+    f.store.set_mode(Mode::Healthy);
+    cache.register_agent(&w, &url("http://a/2")).await.unwrap();
+    assert_eq!(
+        cache.last_known_registration(&w),
+        None,
+        "a new URL replaces it"
+    );
+    cache.registration(&w).await.unwrap();
+    assert_eq!(cache.last_known_registration(&w), Some(url("http://a/2")));
+    cache.remove(&w).await.unwrap();
+    assert_eq!(cache.last_known_registration(&w), None, "a DELETE drops it");
+    assert!(cache.registration(&w).await.is_err());
+    assert_eq!(cache.last_known_registration(&w), None);
+}

@@ -21,8 +21,26 @@ use crate::proxy;
 /// How long a client may take to send a request's headers before its connection is closed
 /// (slow clients cannot hold connections open for ever).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Most client connections open at once; further ones wait in the listen backlog.
+/// Most client connections open at once (fewer when the process may open fewer files); further
+/// ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// File descriptors kept for everything but client connections: agents, the database, logs.
+const RESERVED_FDS: usize = 256;
+
+/// The connection cap: [`MAX_CONNECTIONS`], or less where the soft limit on open files would be
+/// reached first (accept would then fail, and so would connections to agents and the database).
+fn connection_cap() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
+    match soft {
+        Some(soft) => MAX_CONNECTIONS.min(soft.saturating_sub(RESERVED_FDS).max(16)),
+        None => MAX_CONNECTIONS,
+    }
+}
 
 /// Whether the client has sent enough to tell HTTP/1 from HTTP/2 (the first bytes differ from
 /// the HTTP/2 preface, or all 24 of it are there); false at end of stream or on an error.
@@ -61,7 +79,10 @@ pub async fn serve(
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap();
+    tracing::debug!(cap, "client connection cap");
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut next_warning = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -73,7 +94,10 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if Instant::now() >= next_warning {
+                        tracing::warn!(error = %e, "accept failed (warnings held back for 10 s)");
+                        next_warning = Instant::now() + std::time::Duration::from_secs(10);
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -106,6 +130,9 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// The longest the migrations may take at start.
+const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The Postgres store for `database_url` (migrated), else the in-process store.
 pub async fn store(
     database_url: Option<&str>,
@@ -113,7 +140,14 @@ pub async fn store(
     Ok(match database_url {
         Some(url) => {
             let pool = PoolOptions::default().build(url)?;
-            migrate(&pool).await.map_err(|e| format!("database: {e}"))?;
+            // Bounded like every other wait: a database that stops answering mid-migration
+            // stops the start with an error instead of hanging it.
+            tokio::time::timeout(MIGRATE_TIMEOUT, migrate(&pool))
+                .await
+                .map_err(|_| {
+                    format!("database: migrations did not finish within {MIGRATE_TIMEOUT:?}")
+                })?
+                .map_err(|e| format!("database: {e}"))?;
             tracing::info!("PostgreSQL store, migrations applied");
             Arc::new(PgStore::new(pool))
         }
@@ -156,7 +190,9 @@ where
 }
 
 /// Request counters and latency (to response headers) per route class.
-async fn track(request: Request<Body>, next: Next) -> Response {
+async fn track(mut request: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    request.extensions_mut().insert(proxy::Arrived(started));
     let path = request.uri().path();
     let route = if proxy::split_path(path).is_some() {
         Route::Proxy
@@ -165,7 +201,6 @@ async fn track(request: Request<Body>, next: Next) -> Response {
     } else {
         Route::Api
     };
-    let started = Instant::now();
     let response = next.run(request).await.into_response();
     let metrics = RouteMetrics::get(route);
     metrics.requests(response.status()).increment(1);

@@ -125,10 +125,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => result?,
-        Err(_) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running after the grace period; exiting")
+    tokio::select! {
+        result = tokio::time::timeout(SHUTDOWN_GRACE, server) => match result {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running after the grace period; exiting")
+            }
+        },
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without waiting for in-flight requests");
         }
     }
     pruner.abort();

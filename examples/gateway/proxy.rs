@@ -1,9 +1,8 @@
 //! The reverse proxy: `/workspaces/{id}/a2a[/{rest}]` → the workspace's registered agent URL.
 //! Bodies stream both ways; hop-by-hop headers are dropped; agent cards are rewritten.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,8 +25,6 @@ use crate::card;
 
 /// Largest agent card the gateway rewrites.
 const MAX_CARD_BYTES: usize = 1024 * 1024;
-/// Most agent URLs remembered for when the store cannot answer in time.
-const MAX_LAST_KNOWN: usize = 100_000;
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -41,8 +38,29 @@ struct Inner {
     timeout: Duration,
     /// The longest a registration lookup may take (the budget check's timeout).
     lookup_timeout: Duration,
-    /// The last agent URL the store gave for each workspace: used when it cannot answer in time.
-    last_known: Mutex<HashMap<WorkspaceId, String>>,
+    warn: WarnEvery,
+}
+
+/// When the request reached the gateway (set by its outermost middleware): the registration
+/// lookup shares the check timeout that starts then.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived(pub std::time::Instant);
+
+/// At most one warning per interval.
+struct WarnEvery {
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl WarnEvery {
+    fn due(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_some_and(|n| now < n) {
+            return false;
+        }
+        *next = Some(now + Duration::from_secs(10));
+        true
+    }
 }
 
 impl Proxy {
@@ -67,7 +85,9 @@ impl Proxy {
                 public_url,
                 timeout,
                 lookup_timeout,
-                last_known: Mutex::default(),
+                warn: WarnEvery {
+                    next: std::sync::Mutex::new(None),
+                },
             }),
         }
     }
@@ -197,12 +217,18 @@ impl Inner {
         if let Some(why) = steering(suffix) {
             return error(StatusCode::BAD_REQUEST, why);
         }
-        // The budget check just found the store unable to answer: the lookup waits no longer.
+        // The lookup shares the check's budget: it may wait until the check timeout after the
+        // request arrived, and not at all when the check just found the store unable to answer.
         let store_down = matches!(
             parts.extensions.get::<BudgetDecision>(),
             Some(BudgetDecision::Unavailable { .. })
         );
-        let agent_url = match self.agent_url(&workspace, store_down).await {
+        let arrived = parts
+            .extensions
+            .get::<Arrived>()
+            .map_or_else(tokio::time::Instant::now, |a| a.0.into());
+        let deadline = (!store_down).then_some(arrived + self.lookup_timeout);
+        let agent_url = match self.agent_url(&workspace, deadline).await {
             Ok(url) => url,
             Err(response) => return response,
         };
@@ -282,82 +308,44 @@ impl Inner {
         Response::from_parts(parts, Body::new(body))
     }
 
-    /// The workspace's agent URL: from the store (through its cache) within the lookup timeout,
-    /// else the last one it gave; a workspace never resolved here gets 503. With `store_down`
-    /// only an answer at hand is taken: the request already paid the check's timeout.
+    /// The workspace's agent URL: from the store (through its cache) by `deadline`, else the last
+    /// one it gave; a workspace never resolved here gets 503. Without a deadline (the store is
+    /// down) no lookup is started: the last known URL or 503 at once.
     async fn agent_url(
         &self,
         workspace: &WorkspaceId,
-        store_down: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<String, Response<Body>> {
-        let wait = if store_down {
-            Duration::ZERO
-        } else {
-            self.lookup_timeout
-        };
-        // A zero timeout still polls the lookup once: a cached answer is always taken.
-        let looked_up = tokio::time::timeout(wait, self.store.registration(workspace)).await;
-        let failure = match looked_up {
-            Ok(Ok(registration)) => {
-                return match registration.agent_url {
-                    Some(url) => {
-                        self.remember(workspace, Some(&url));
-                        Ok(url)
+        let failure = match deadline {
+            None => "the budget check found the store down".to_owned(),
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, self.store.registration(workspace)).await {
+                    Ok(Ok(registration)) => {
+                        return registration.agent_url.ok_or_else(|| {
+                            error(StatusCode::NOT_FOUND, "workspace has no registered agent")
+                        });
                     }
-                    None => {
-                        self.remember(workspace, None);
-                        Err(error(
-                            StatusCode::NOT_FOUND,
-                            "workspace has no registered agent",
-                        ))
+                    Ok(Err(StoreError::NotFound)) => {
+                        return Err(error(StatusCode::NOT_FOUND, "workspace not registered"));
                     }
-                };
-            }
-            Ok(Err(StoreError::NotFound)) => {
-                self.remember(workspace, None);
-                return Err(error(StatusCode::NOT_FOUND, "workspace not registered"));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {:?}", self.lookup_timeout),
-        };
-        let known = self
-            .last_known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(workspace)
-            .cloned();
-        match known {
-            Some(url) => {
-                tracing::debug!(%workspace, error = %failure, "registry lookup failed: last known agent URL used");
-                Ok(url)
-            }
-            None => {
-                tracing::warn!(%workspace, error = %failure, "registry lookup failed");
-                Err(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "registry unavailable",
-                ))
-            }
-        }
-    }
-
-    fn remember(&self, workspace: &WorkspaceId, url: Option<&str>) {
-        let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
-        match url {
-            Some(url) if known.get(workspace).map(String::as_str) == Some(url) => {}
-            Some(url) => {
-                if known.len() >= MAX_LAST_KNOWN && !known.contains_key(workspace) {
-                    // Bounded: an arbitrary entry goes (it is looked up again when needed).
-                    if let Some(victim) = known.keys().next().cloned() {
-                        known.remove(&victim);
-                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {:?}", self.lookup_timeout),
                 }
-                known.insert(workspace.clone(), url.to_owned());
             }
-            None => {
-                known.remove(workspace);
-            }
+        };
+        // The caching store keeps the last answer, and drops it with a register or DELETE
+        // through it.
+        let known = self
+            .store
+            .last_known_registration(workspace)
+            .and_then(|r| r.agent_url);
+        let used = known.is_some();
+        metrics::counter!("gateway_registry_fallbacks_total", "outcome" => if used { "last_known" } else { "unavailable" })
+            .increment(1);
+        if self.warn.due() {
+            tracing::warn!(%workspace, error = %failure, last_known_used = used, "registry lookup failed (warnings held back for 10 s)");
         }
+        known.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"))
     }
 
     async fn inner_request(

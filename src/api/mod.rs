@@ -53,7 +53,7 @@ use crate::WorkspaceId;
 /// The largest JSON body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Default bound on the store calls of one API request (→ 503 after it).
+/// Default bound on the store calls of a read (→ 503 after it).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request body may take to arrive (→ 408 after it).
@@ -96,9 +96,12 @@ impl BudgetApi {
         }
     }
 
-    /// Bounds the store calls of one request (default [`DEFAULT_STORE_TIMEOUT`]): a store that
-    /// does not answer in time gets `503`, and the client may retry. A heartbeat answered 503 may
-    /// still be recorded; the agent's next cumulative report counts exactly what was not.
+    /// Bounds the store calls of reads — token lookups, budget GETs, listings — (default
+    /// [`DEFAULT_STORE_TIMEOUT`]): a store that does not answer in time gets `503`. Writes
+    /// (heartbeats, registrations, limit patches, removals) are not cut short here: they wait
+    /// for the store's own bounded answer (the Postgres store's pool and query timeouts), so that
+    /// a 503 means the write did not complete rather than "it may land later", and this
+    /// process's cache is dropped after the write, not before it lands.
     #[must_use]
     pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.inner).store_timeout = timeout;
@@ -253,12 +256,11 @@ impl Inner {
             Route::Budget(id) => {
                 let id = workspace_in_path(id)?;
                 let body = read_json(body).await?;
-                self.bounded(budget::patch(store, &principal, id, &body))
-                    .await?
+                budget::patch(store, &principal, id, &body).await
             }
             Route::Workspace(id) => {
                 let id = workspace_in_path(id)?;
-                self.bounded(budget::remove(store, &principal, id)).await?
+                budget::remove(store, &principal, id).await
             }
             Route::Workspaces => {
                 self.bounded(budget::list(store, &principal, parts.uri.query()))
@@ -266,13 +268,11 @@ impl Inner {
             }
             Route::Heartbeat => {
                 let body = read_bytes(body).await?;
-                self.bounded(heartbeat::record(store, &principal, &body))
-                    .await?
+                heartbeat::record(store, &principal, &body).await
             }
             Route::Register => {
                 let body = read_json(body).await?;
-                self.bounded(heartbeat::register(store, &principal, &body))
-                    .await?
+                heartbeat::register(store, &principal, &body).await
             }
         }
     }

@@ -65,6 +65,11 @@ pub(crate) struct Shared {
     /// The caching store, when the cache is on (the same one as `store`).
     cache: Option<Arc<CachingStore<dyn BudgetStore>>>,
     raw: Arc<dyn BudgetStore>,
+    /// What [`BudgetLayer::store`] hands out for writes and registration lookups: the caching
+    /// store, or with the cache off one with a zero TTL — every answer comes from the store, but
+    /// concurrent lookups are coalesced and the last known registration is kept (and dropped by
+    /// the writes that change it).
+    writes: Arc<dyn BudgetStore>,
     cache_ttl: Duration,
     cache_capacity: usize,
     pub(crate) resolver: Arc<dyn ResolveWorkspace>,
@@ -104,6 +109,7 @@ impl BudgetLayer {
         let mut shared = Shared {
             store: store.clone(),
             cache: None,
+            writes: store.clone(),
             raw: store,
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -200,9 +206,10 @@ impl BudgetLayer {
     }
 
     /// The store to write through (budget API, heartbeats) so that this layer sees the writes
-    /// at once: the caching store when the cache is on. Take it after configuring the cache.
+    /// at once: the caching store when the cache is on (with the cache off, one that caches
+    /// nothing but the last known registration). Take it after configuring the cache.
     pub fn store(&self) -> Arc<dyn BudgetStore> {
-        self.shared.store.clone()
+        self.shared.writes.clone()
     }
 
     /// The breaker's current state.
@@ -228,9 +235,19 @@ impl Shared {
                 self.cache_capacity,
             ))
         });
-        self.store = match &self.cache {
-            Some(cache) => cache.clone(),
-            None => self.raw.clone(),
+        (self.store, self.writes) = match &self.cache {
+            Some(cache) => (
+                cache.clone() as Arc<dyn BudgetStore>,
+                cache.clone() as Arc<dyn BudgetStore>,
+            ),
+            None => (
+                self.raw.clone(),
+                Arc::new(CachingStore::new(
+                    self.raw.clone(),
+                    Duration::ZERO,
+                    self.cache_capacity,
+                )) as Arc<dyn BudgetStore>,
+            ),
         };
     }
 

@@ -74,6 +74,9 @@ pub struct CachingStore<S: ?Sized> {
     status: RwLock<Entries<BudgetStatus>>,
     retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
     registration: RwLock<Entries<Registration>>,
+    /// The last registration the inner store gave per workspace, for when it cannot answer in
+    /// time; dropped with the workspace's other entries and when the store says "unknown".
+    last_registration: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
 }
 
 struct Entries<T> {
@@ -112,6 +115,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             status: RwLock::default(),
             retry: RwLock::default(),
             registration: RwLock::default(),
+            last_registration: RwLock::default(),
         }
     }
 
@@ -124,8 +128,16 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         &self.inner
     }
 
-    /// Drops everything cached for `workspace`.
+    /// Drops everything cached for `workspace`, the last known registration included.
     pub fn invalidate(&self, workspace: &WorkspaceId) {
+        self.drop_answers(workspace);
+        write(&self.last_registration).remove(workspace);
+    }
+
+    /// Drops the cached answers for `workspace`; the last known registration stays (it is what
+    /// the proxy falls back on while the store is down, and only a registration or removal
+    /// changes it).
+    fn drop_answers(&self, workspace: &WorkspaceId) {
         write(&self.status).map.remove(workspace);
         write(&self.retry).map.remove(workspace);
         write(&self.registration).map.remove(workspace);
@@ -288,14 +300,28 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         }
     }
 
+    /// Runs a write through to the inner store; the workspace's cached answers are dropped when
+    /// it returns — successful or not, since a failed write may still have landed — and also if
+    /// the caller stops waiting for it. A write that can change the registration
+    /// (`registration_changes`) drops the last known registration too.
     async fn write<T>(
         &self,
         workspace: &WorkspaceId,
-        result: Result<T, StoreError>,
+        registration_changes: bool,
+        write: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        // Invalidate after the write, successful or not (a failed write may still have landed).
-        self.invalidate(workspace);
-        result
+        struct OnDrop<'a, S: BudgetStore + ?Sized>(&'a CachingStore<S>, &'a WorkspaceId, bool);
+        impl<S: BudgetStore + ?Sized> Drop for OnDrop<'_, S> {
+            fn drop(&mut self) {
+                if self.2 {
+                    self.0.invalidate(self.1);
+                } else {
+                    self.0.drop_answers(self.1);
+                }
+            }
+        }
+        let _invalidate = OnDrop(self, workspace, registration_changes);
+        write.await
     }
 }
 
@@ -317,7 +343,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[async_trait]
 impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        self.write(workspace, self.inner.register(workspace).await)
+        self.write(workspace, true, self.inner.register(workspace))
             .await
     }
 
@@ -326,15 +352,43 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         workspace: &WorkspaceId,
         registration: &Registration,
     ) -> Result<(), StoreError> {
-        let result = self.inner.register_agent(workspace, registration).await;
-        self.write(workspace, result).await
+        self.write(
+            workspace,
+            true,
+            self.inner.register_agent(workspace, registration),
+        )
+        .await
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        self.get(&self.registration, workspace, |inner, ws| async move {
-            inner.registration(&ws).await
-        })
-        .await
+        let answer = self
+            .get(&self.registration, workspace, |inner, ws| async move {
+                inner.registration(&ws).await
+            })
+            .await;
+        match &answer {
+            Ok(registration) => {
+                let mut last = write(&self.last_registration);
+                if last.get(workspace) != Some(registration) {
+                    if last.len() >= self.capacity && !last.contains_key(workspace) {
+                        // Bounded like the cache: an arbitrary entry goes.
+                        if let Some(victim) = last.keys().next().cloned() {
+                            last.remove(&victim);
+                        }
+                    }
+                    last.insert(workspace.clone(), registration.clone());
+                }
+            }
+            Err(StoreError::NotFound) => {
+                write(&self.last_registration).remove(workspace);
+            }
+            Err(_) => {}
+        }
+        answer
+    }
+
+    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
+        read(&self.last_registration).get(workspace).cloned()
     }
 
     async fn workspace_for_token(
@@ -345,7 +399,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        self.write(workspace, self.inner.remove(workspace).await)
+        self.write(workspace, true, self.inner.remove(workspace))
             .await
     }
 
@@ -358,7 +412,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
     ) -> Result<BudgetStatus, StoreError> {
-        self.write(workspace, self.inner.patch_limits(workspace, patch).await)
+        self.write(workspace, false, self.inner.patch_limits(workspace, patch))
             .await
     }
 
@@ -413,8 +467,12 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         &self,
         heartbeat: &Heartbeat,
     ) -> Result<HeartbeatOutcome, StoreError> {
-        let result = self.inner.record_heartbeat(heartbeat).await;
-        self.write(&heartbeat.workspace, result).await
+        self.write(
+            &heartbeat.workspace,
+            false,
+            self.inner.record_heartbeat(heartbeat),
+        )
+        .await
     }
 
     async fn list_workspaces(

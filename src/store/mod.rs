@@ -198,6 +198,15 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// The workspace's registration; [`StoreError::NotFound`] when unknown or removed.
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError>;
 
+    /// The last registration this store answered for `workspace`, kept for when it cannot
+    /// answer in time (the gateway's proxy uses it). Stores that cache keep it and drop it with
+    /// the workspace's other entries (writes through them, "unknown" answers); the default keeps
+    /// nothing.
+    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
+        let _ = workspace;
+        None
+    }
+
     /// The workspace whose token has this hash, removed ones included (their callers get 404,
     /// not 403).
     async fn workspace_for_token(
@@ -273,6 +282,9 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     }
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
         (**self).registration(workspace).await
+    }
+    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
+        (**self).last_known_registration(workspace)
     }
     async fn workspace_for_token(
         &self,

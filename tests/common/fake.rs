@@ -81,6 +81,7 @@ impl BudgetStore for FaultyStore {
         self.inner.register_agent(w, r).await
     }
     async fn registration(&self, w: &WorkspaceId) -> Result<Registration, StoreError> {
+        self.fault().await?;
         self.inner.registration(w).await
     }
     async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {

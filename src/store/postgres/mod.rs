@@ -121,14 +121,26 @@ impl PoolOptions {
     /// [`PoolConfigError`] for a malformed URL or schema name.
     pub fn build(&self, url: &str) -> Result<Pool, PoolConfigError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(PoolConfigError::Url)?;
-        // Options given in the URL (`?options=-c…`) are kept; ours come after them.
-        let mut options = config
-            .get_options()
-            .map(|o| format!("{o} "))
-            .unwrap_or_default();
-        options += &format!(
-            "-c statement_timeout={}",
-            self.statement_timeout.as_millis()
+        // Options given in the URL (`?options=-c…`) are kept, and win: ours are added only for
+        // settings the URL does not make.
+        let given = config.get_options().unwrap_or_default().to_owned();
+        let mut options = given.clone();
+        let mut add = |setting: &str, value: String| {
+            if !given.contains(setting) {
+                if !options.is_empty() {
+                    options.push(' ');
+                }
+                options += &format!("-c {setting}={value}");
+            }
+        };
+        add(
+            "statement_timeout",
+            self.statement_timeout.as_millis().to_string(),
+        );
+        // A transaction left open by a client that vanished must not hold its row locks.
+        add(
+            "idle_in_transaction_session_timeout",
+            (self.statement_timeout.as_millis() + 5_000).to_string(),
         );
         if let Some(schema) = &self.schema {
             let plain = schema
@@ -151,6 +163,8 @@ impl PoolOptions {
         config.keepalives_idle(Duration::from_secs(30));
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
+        // Data the server never acknowledges does not keep a connection alive either.
+        config.tcp_user_timeout(Duration::from_secs(30));
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
