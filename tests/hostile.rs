@@ -364,8 +364,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A client that sends half a request and then nothing is cut off after the header read
-/// timeout; hundreds of idle connections and thousands of unknown workspace ids leave the
-/// gateway answering at once, within bounded memory.
+/// timeout; thousands of idle connections (closed after the same timeout) and thousands of
+/// unknown workspace ids leave the gateway answering at once, within bounded memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_idle_connections_and_unknown_ids_stay_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -387,12 +387,15 @@ async fn slow_clients_idle_connections_and_unknown_ids_stay_bounded() {
         "closed after {waited:?}: too early"
     );
 
-    // Hundreds of idle connections.
+    // Thousands of idle connections (and one that sends half the HTTP/2 preface).
     let before = rss_kib(pid);
     let mut idle = Vec::new();
-    for _ in 0..800 {
+    for _ in 0..2_000 {
         idle.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
     }
+    let mut half_preface = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let opened = Instant::now();
     let started = Instant::now();
     let health = gw.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(health.status, StatusCode::OK);
@@ -411,12 +414,26 @@ async fn slow_clients_idle_connections_and_unknown_ids_stay_bounded() {
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
     }
     let after = rss_kib(pid);
-    println!("gateway RSS: {before} KiB before, {after} KiB with 800 idle connections and 3,000 unknown ids");
+    println!("gateway RSS: {before} KiB before, {after} KiB with 2,000 idle connections and 3,000 unknown ids");
     assert!(
         after.saturating_sub(before) < 64 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
-    drop(idle);
+    // Connections that never send a request are closed after the header read timeout.
+    idle.push(half_preface);
+    for conn in idle.iter_mut().step_by(50) {
+        let left = Duration::from_secs(25).saturating_sub(opened.elapsed());
+        let read = tokio::time::timeout(left, conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle connection still open after {:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(5),
+        "closed too early"
+    );
 }
 
 /// Random paths below a workspace's proxy route: never a 5xx from the gateway itself.
