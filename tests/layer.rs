@@ -662,8 +662,8 @@ async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
     cache.register_agent(&w, &url("http://a/1")).await.unwrap();
     assert_eq!(
         cache.last_known_registration(&w),
-        None,
-        "nothing answered yet"
+        Some(url("http://a/1")),
+        "a registration through the cache is known at once"
     );
     cache.registration(&w).await.unwrap();
     assert_eq!(cache.last_known_registration(&w), Some(url("http://a/1")));
@@ -693,7 +693,7 @@ async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
     cache.register_agent(&w, &url("http://a/2")).await.unwrap();
     assert_eq!(
         cache.last_known_registration(&w),
-        None,
+        Some(url("http://a/2")),
         "a new URL replaces it"
     );
     cache.registration(&w).await.unwrap();
@@ -702,4 +702,46 @@ async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
     assert_eq!(cache.last_known_registration(&w), None, "a DELETE drops it");
     assert!(cache.registration(&w).await.is_err());
     assert_eq!(cache.last_known_registration(&w), None);
+}
+
+/// A lookup that read the registration before a DELETE and answers after it does not bring the
+/// deleted URL back as the fallback.
+#[tokio::test]
+async fn a_lookup_racing_a_delete_does_not_revive_the_url() {
+    use tower_budget::store::{CachingStore, Registration};
+    let f = Fixture::new().await;
+    let cache = Arc::new(CachingStore::new(
+        Arc::new(f.store.clone()),
+        Duration::from_secs(1),
+        100,
+    ));
+    let w = ws("ws-1");
+    let registration = Registration {
+        agent_url: Some("http://a/1".into()),
+        token_hash: None,
+    };
+    cache.register_agent(&w, &registration).await.unwrap();
+    let gate = f.store.close_gate();
+    let lookup = tokio::spawn({
+        let (cache, w) = (cache.clone(), w.clone());
+        async move { cache.registration(&w).await }
+    });
+    // One runtime thread: the lookup runs until it waits at the gate, its answer read.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!lookup.is_finished());
+    cache.remove(&w).await.unwrap();
+    assert_eq!(cache.last_known_registration(&w), None);
+    gate.add_permits(1);
+    assert_eq!(
+        lookup.await.unwrap().unwrap(),
+        registration,
+        "the late answer"
+    );
+    assert_eq!(
+        cache.last_known_registration(&w),
+        None,
+        "the deleted URL does not come back"
+    );
 }

@@ -47,12 +47,17 @@ fn connection_cap() -> usize {
 async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut first = [0u8; PREFACE.len()];
+    let mut pause = std::time::Duration::from_millis(5);
     loop {
         match stream.peek(&mut first).await {
             Ok(0) | Err(_) => return false,
             Ok(n) if n == PREFACE.len() || first[..n] != PREFACE[..n] => return true,
-            // Part of the preface: wait for the rest (peek returns at once while data is there).
-            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            // Part of the preface: wait for the rest (peek returns at once while data is there),
+            // backing off so that a client trickling bytes costs next to nothing.
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(250));
+            }
         }
     }
 }

@@ -12,15 +12,15 @@ pub fn is_card_path(suffix: &str) -> bool {
 }
 
 /// The card path `suffix` names under any spelling an agent's router might accept — each segment
-/// percent-decoded, without `;` parameters, in any case — or `None`.
+/// percent-decoded (twice), without `;` parameters, in any case, empty segments and a trailing
+/// slash dropped — or `None`.
 pub fn canonical_card_path(suffix: &str) -> Option<&'static str> {
     let mut normalized = String::with_capacity(suffix.len());
-    for (i, segment) in suffix.split('/').enumerate() {
-        if i > 0 {
-            normalized.push('/');
-        }
-        let decoded = crate::proxy::percent_decode(segment.as_bytes());
+    for segment in suffix.split('/').filter(|s| !s.is_empty()) {
+        let once = crate::proxy::percent_decode(segment.as_bytes());
+        let decoded = crate::proxy::percent_decode(&once);
         let base = decoded.split(|b| *b == b';').next().unwrap_or_default();
+        normalized.push('/');
         normalized.push_str(&String::from_utf8_lossy(base).to_ascii_lowercase());
     }
     CARD_PATHS.iter().copied().find(|p| *p == normalized)

@@ -39,6 +39,8 @@ struct Inner {
     /// The longest a registration lookup may take (the budget check's timeout).
     lookup_timeout: Duration,
     warn: WarnEvery,
+    /// `gateway_registry_fallbacks_total{outcome="last_known"|"unavailable"}`, resolved once.
+    fallbacks: [metrics::Counter; 2],
 }
 
 /// When the request reached the gateway (set by its outermost middleware): the registration
@@ -88,6 +90,8 @@ impl Proxy {
                 warn: WarnEvery {
                     next: std::sync::Mutex::new(None),
                 },
+                fallbacks: ["last_known", "unavailable"]
+                    .map(|o| metrics::counter!("gateway_registry_fallbacks_total", "outcome" => o)),
             }),
         }
     }
@@ -286,14 +290,18 @@ impl Inner {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let root = format!("{}/workspaces/{workspace}/a2a", self.public_url);
-        // A redirect to the agent's own origin would hand the client its address.
-        point_at_gateway(&mut parts.headers, &agent_url, &root);
+        let root = || format!("{}/workspaces/{workspace}/a2a", self.public_url);
+        // A redirect to the agent's own host would hand the client its address.
+        if parts.headers.contains_key(header::LOCATION)
+            || parts.headers.contains_key(header::CONTENT_LOCATION)
+        {
+            point_at_gateway(&mut parts.headers, &agent_url, &root());
+        }
         if is_card {
             if parts.status == StatusCode::OK {
                 let read = tokio::time::timeout(self.timeout, read_card(body)).await;
                 return match read {
-                    Ok(Ok(bytes)) => rewrite_card(parts, bytes, &agent_url, &root),
+                    Ok(Ok(bytes)) => rewrite_card(parts, bytes, &agent_url, &root()),
                     Ok(Err(response)) => response,
                     Err(_) => error(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -340,8 +348,12 @@ impl Inner {
             .last_known_registration(workspace)
             .and_then(|r| r.agent_url);
         let used = known.is_some();
-        metrics::counter!("gateway_registry_fallbacks_total", "outcome" => if used { "last_known" } else { "unavailable" })
-            .increment(1);
+        let counter = if used {
+            &self.fallbacks[0]
+        } else {
+            &self.fallbacks[1]
+        };
+        counter.increment(1);
         if self.warn.due() {
             tracing::warn!(%workspace, error = %failure, last_known_used = used, "registry lookup failed (warnings held back for 10 s)");
         }
@@ -359,19 +371,27 @@ impl Inner {
 /// `Location` and `Content-Location` values on the agent's origin, pointed at the gateway (the
 /// same mapping as card URLs); other origins are left alone.
 fn point_at_gateway(headers: &mut HeaderMap, agent_url: &str, gateway_root: &str) {
+    const NAMES: [HeaderName; 2] = [header::LOCATION, header::CONTENT_LOCATION];
+    if !NAMES.iter().any(|n| headers.contains_key(n)) {
+        return;
+    }
     let Ok(agent) = agent_url.parse::<Uri>() else {
         return;
     };
+    let (Some(scheme), Some(host)) = (agent.scheme_str(), agent.host()) else {
+        return;
+    };
     let origin = format!(
-        "{}://{}",
-        agent.scheme_str().unwrap_or("http"),
+        "{scheme}://{}",
         agent.authority().map_or("", |a| a.as_str())
     );
-    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+    for name in NAMES {
         let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let absolute = if value.starts_with('/') && !value.starts_with("//") {
+        let absolute = if let Some(rest) = value.strip_prefix("//") {
+            format!("{scheme}://{rest}")
+        } else if value.starts_with('/') {
             format!("{origin}{value}")
         } else {
             value.to_owned()
@@ -379,10 +399,8 @@ fn point_at_gateway(headers: &mut HeaderMap, agent_url: &str, gateway_root: &str
         let Ok(uri) = absolute.parse::<Uri>() else {
             continue;
         };
-        let same_origin = uri.scheme_str() == agent.scheme_str()
-            && uri.authority().map(|a| a.as_str().to_ascii_lowercase())
-                == agent.authority().map(|a| a.as_str().to_ascii_lowercase());
-        if same_origin {
+        // The agent's host, on any port or scheme, is the agent's address.
+        if uri.host().is_some_and(|h| h.eq_ignore_ascii_case(host)) {
             // Spelled with the agent URL's own origin, so that the mapping below matches it.
             let absolute = format!(
                 "{origin}{}",

@@ -75,8 +75,71 @@ pub struct CachingStore<S: ?Sized> {
     retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
     registration: RwLock<Entries<Registration>>,
     /// The last registration the inner store gave per workspace, for when it cannot answer in
-    /// time; dropped with the workspace's other entries and when the store says "unknown".
-    last_registration: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
+    /// time; dropped by the writes that change it and when the store says "unknown".
+    last_known: Arc<LastKnown>,
+}
+
+/// The last registration per workspace, bounded. Recorded on the miss path only, when a load
+/// completes — and only if no registration write happened since that load started (`epoch`), so
+/// a lookup that raced a DELETE cannot bring the deleted URL back.
+struct LastKnown {
+    map: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
+    epoch: AtomicU64,
+    capacity: usize,
+}
+
+impl LastKnown {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a load's answer, unless a registration write came after the load started.
+    fn record(
+        &self,
+        workspace: &WorkspaceId,
+        answer: &Result<Registration, StoreError>,
+        since: u64,
+    ) {
+        let mut map = write(&self.map);
+        if self.epoch() != since {
+            return;
+        }
+        match answer {
+            Ok(registration) => self.insert(&mut map, workspace, registration),
+            Err(StoreError::NotFound) => {
+                map.remove(workspace);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A registration write: what loads in flight bring back is stale; `now` is the new value
+    /// when the write said what it is.
+    fn replace(&self, workspace: &WorkspaceId, now: Option<&Registration>) {
+        let mut map = write(&self.map);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match now {
+            Some(registration) => self.insert(&mut map, workspace, registration),
+            None => {
+                map.remove(workspace);
+            }
+        }
+    }
+
+    fn insert(
+        &self,
+        map: &mut HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) {
+        if map.len() >= self.capacity && !map.contains_key(workspace) {
+            // Bounded like the cache: an arbitrary entry goes.
+            if let Some(victim) = map.keys().next().cloned() {
+                map.remove(&victim);
+            }
+        }
+        map.insert(workspace.clone(), registration.clone());
+    }
 }
 
 struct Entries<T> {
@@ -115,7 +178,11 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             status: RwLock::default(),
             retry: RwLock::default(),
             registration: RwLock::default(),
-            last_registration: RwLock::default(),
+            last_known: Arc::new(LastKnown {
+                map: RwLock::default(),
+                epoch: AtomicU64::new(0),
+                capacity: capacity.max(1),
+            }),
         }
     }
 
@@ -131,7 +198,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// Drops everything cached for `workspace`, the last known registration included.
     pub fn invalidate(&self, workspace: &WorkspaceId) {
         self.drop_answers(workspace);
-        write(&self.last_registration).remove(workspace);
+        self.last_known.replace(workspace, None);
     }
 
     /// Drops the cached answers for `workspace`; the last known registration stays (it is what
@@ -357,38 +424,27 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
             true,
             self.inner.register_agent(workspace, registration),
         )
-        .await
+        .await?;
+        // The new registration is known: it is what to fall back on from now.
+        self.last_known.replace(workspace, Some(registration));
+        Ok(())
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        let answer = self
-            .get(&self.registration, workspace, |inner, ws| async move {
-                inner.registration(&ws).await
-            })
-            .await;
-        match &answer {
-            Ok(registration) => {
-                let mut last = write(&self.last_registration);
-                if last.get(workspace) != Some(registration) {
-                    if last.len() >= self.capacity && !last.contains_key(workspace) {
-                        // Bounded like the cache: an arbitrary entry goes.
-                        if let Some(victim) = last.keys().next().cloned() {
-                            last.remove(&victim);
-                        }
-                    }
-                    last.insert(workspace.clone(), registration.clone());
-                }
+        let last_known = self.last_known.clone();
+        self.get(&self.registration, workspace, move |inner, ws| {
+            let since = last_known.epoch();
+            async move {
+                let answer = inner.registration(&ws).await;
+                last_known.record(&ws, &answer, since);
+                answer
             }
-            Err(StoreError::NotFound) => {
-                write(&self.last_registration).remove(workspace);
-            }
-            Err(_) => {}
-        }
-        answer
+        })
+        .await
     }
 
     fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
-        read(&self.last_registration).get(workspace).cloned()
+        read(&self.last_known.map).get(workspace).cloned()
     }
 
     async fn workspace_for_token(

@@ -49,7 +49,8 @@ impl FaultyStore {
         self.status_calls.load(Ordering::SeqCst)
     }
 
-    /// Holds every status call until the returned semaphore gets permits.
+    /// Holds every status call (and every registration answer, after it was read) until the
+    /// returned semaphore gets permits.
     pub fn close_gate(&self) -> Arc<Semaphore> {
         let s = Arc::new(Semaphore::new(0));
         *self.gate.lock().unwrap() = Some(s.clone());
@@ -82,7 +83,13 @@ impl BudgetStore for FaultyStore {
     }
     async fn registration(&self, w: &WorkspaceId) -> Result<Registration, StoreError> {
         self.fault().await?;
-        self.inner.registration(w).await
+        let answer = self.inner.registration(w).await;
+        // Held after the answer is read, so a test can deliver it late.
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        answer
     }
     async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {
         self.inner.workspace_for_token(h).await

@@ -124,9 +124,11 @@ impl PoolOptions {
         // Options given in the URL (`?options=-c…`) are kept, and win: ours are added only for
         // settings the URL does not make.
         let given = config.get_options().unwrap_or_default().to_owned();
+        // `-c a_b=…` and `--a-b=…` are the same setting.
+        let named = given.replace('-', "_");
         let mut options = given.clone();
         let mut add = |setting: &str, value: String| {
-            if !given.contains(setting) {
+            if !named.contains(setting) {
                 if !options.is_empty() {
                     options.push(' ');
                 }
