@@ -112,6 +112,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .service(proxy);
     let app = app::router(proxied, api, metrics);
 
+    let mut signals = Signals::register()?;
     let pruner = spawn_pruner(store, PRUNE_EVERY);
     println!("listening on http://{local} (public URL {public_url})");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -122,7 +123,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await
     });
-    shutdown_signal().await;
+    signals.next().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     tokio::select! {
@@ -132,7 +133,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running after the grace period; exiting")
             }
         },
-        () = shutdown_signal() => {
+        () = signals.next() => {
             tracing::warn!("second signal: exiting without waiting for in-flight requests");
         }
     }
@@ -140,20 +141,26 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGINT and SIGTERM, registered when made: a signal that arrives before anyone waits for it
+/// is not lost (the process would otherwise die of it with the default disposition).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
