@@ -107,6 +107,17 @@ impl Period {
         self.0 as usize
     }
 
+    /// How long from `now` until spend recorded at `at` leaves this period's trailing window:
+    /// the wait `Retry-After` reports (both stores compute it here). `None` once it has left.
+    pub fn time_until_out(
+        self,
+        at: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Duration> {
+        let window = chrono::Duration::from_std(self.window()).ok()?;
+        (at + window - now).to_std().ok()
+    }
+
     /// The longest window of the table.
     pub fn longest_window() -> Duration {
         Period::all().map(Period::window).max().unwrap_or_default()

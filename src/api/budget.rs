@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::{workspace_in_path, ApiError, Principal};
+use super::{require_acting_for, require_admin, workspace_in_path, ApiError, Principal};
 use crate::period::{LimitsPatch, Period};
 use crate::response::json;
 use crate::store::{BudgetStatus, BudgetStore};
@@ -21,13 +21,12 @@ pub fn budget_json(status: &BudgetStatus) -> Value {
     let periods: Map<String, Value> = status
         .periods()
         .map(|line| {
-            let detail = json!({
-                "limit": line.limit,
-                "spend": line.spend,
-                "remaining": line.remaining,
-                "window_seconds": line.period.window().as_secs(),
-            });
-            (line.period.name().to_owned(), detail)
+            let mut detail = line.to_json();
+            detail.insert(
+                "window_seconds".into(),
+                json!(line.period.window().as_secs()),
+            );
+            (line.period.name().to_owned(), Value::Object(detail))
         })
         .collect();
     let monthly = status.period(Period::MONTHLY);
@@ -39,30 +38,12 @@ pub fn budget_json(status: &BudgetStatus) -> Value {
     })
 }
 
-fn may_act_for(principal: &Principal, workspace: &WorkspaceId) -> Result<(), ApiError> {
-    if principal.may_act_for(workspace) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "this token may not act for that workspace",
-        ))
-    }
-}
-
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("admin token required"))
-    }
-}
-
 pub(super) async fn get(
     store: &dyn BudgetStore,
     principal: &Principal,
     workspace: WorkspaceId,
 ) -> Result<Response<Bytes>, ApiError> {
-    may_act_for(principal, &workspace)?;
+    require_acting_for(principal, &workspace)?;
     let status = store.status(&workspace).await?;
     Ok(json(StatusCode::OK, &budget_json(&status)))
 }
@@ -98,7 +79,7 @@ pub(super) async fn patch(
     body: &Value,
 ) -> Result<Response<Bytes>, ApiError> {
     let patch = parse_patch(body)?;
-    admin_only(principal)?;
+    require_admin(principal)?;
     // The status comes from the same atomic step: a failure means nothing was changed.
     let status = store.patch_limits(&workspace, &patch).await?;
     Ok(json(StatusCode::OK, &budget_json(&status)))
@@ -109,7 +90,7 @@ pub(super) async fn remove(
     principal: &Principal,
     workspace: WorkspaceId,
 ) -> Result<Response<Bytes>, ApiError> {
-    admin_only(principal)?;
+    require_admin(principal)?;
     store.remove(&workspace).await?;
     Ok(json(
         StatusCode::OK,
@@ -143,7 +124,7 @@ pub(super) async fn list(
             _ => {}
         }
     }
-    admin_only(principal)?;
+    require_admin(principal)?;
     // One more than asked tells whether another page follows.
     let mut ids = store.list_workspaces(after.as_ref(), limit + 1).await?;
     let more = ids.len() > limit;

@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::auth::{generate_token, hash_token};
-use super::{ApiError, Principal};
+use super::{require_acting_for, require_admin, workspace_id, ApiError, Principal};
 use crate::response::json;
-use crate::store::{BudgetStore, Heartbeat, Registration, MAX_REPORTED_CENTS};
+use crate::store::{BudgetStore, Heartbeat, Registration};
 use crate::WorkspaceId;
 
 /// The fields of a heartbeat the API reads, as raw JSON so that integers of any size are seen
@@ -37,26 +37,21 @@ fn workspace_field(raw: Option<&RawValue>) -> Result<WorkspaceId, ApiError> {
     let raw = raw.ok_or_else(|| ApiError::bad("workspace_id is required"))?;
     let id: String = serde_json::from_str(raw.get())
         .map_err(|_| ApiError::bad("workspace_id must be a string"))?;
-    WorkspaceId::new(&id).map_err(|e| ApiError::bad(format!("invalid workspace_id: {e}")))
+    workspace_id(&id, "workspace_id")
 }
 
-/// `monthly_spend`: absent or null → nothing to report; any integer is clamped to
-/// `[0, MAX_REPORTED_CENTS]`; anything else is refused.
+/// `monthly_spend`: absent or null → nothing to report; any JSON integer is read (saturating at
+/// the ends of `i64`; `Heartbeat::new` clamps it to the reportable range); anything else is
+/// refused.
 fn spend_field(raw: Option<&RawValue>) -> Result<Option<i64>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get().trim();
     let (negative, digits) = integer_literal(text).ok_or_else(|| {
         ApiError::bad("monthly_spend must be an integer number of cents (cumulative) or null")
     })?;
-    if negative {
-        return Ok(Some(0));
-    }
-    // Beyond i64 is beyond the cap anyway.
-    Ok(Some(
-        digits
-            .parse::<i64>()
-            .map_or(MAX_REPORTED_CENTS, |c| c.min(MAX_REPORTED_CENTS)),
-    ))
+    let _ = digits;
+    let beyond = if negative { i64::MIN } else { i64::MAX };
+    Ok(Some(text.parse::<i64>().unwrap_or(beyond)))
 }
 
 /// `seq`: absent or null → none; else an unsigned 64-bit integer.
@@ -84,11 +79,7 @@ pub(super) async fn record(
     let workspace = workspace_field(parsed.workspace_id)?;
     let spend = spend_field(parsed.monthly_spend)?;
     let seq = seq_field(parsed.seq)?;
-    if !principal.may_act_for(&workspace) {
-        return Err(ApiError::Forbidden(
-            "this token may not act for that workspace",
-        ));
-    }
+    require_acting_for(principal, &workspace)?;
     let outcome = store
         .record_heartbeat(&Heartbeat::new(workspace, spend, seq))
         .await?;
@@ -132,16 +123,12 @@ pub(super) async fn register(
         ));
     }
     let workspace = match body.get("workspace_id") {
-        Some(Value::String(id)) => {
-            WorkspaceId::new(id).map_err(|e| ApiError::bad(format!("invalid workspace_id: {e}")))?
-        }
+        Some(Value::String(id)) => workspace_id(id, "workspace_id")?,
         Some(_) => return Err(ApiError::bad("workspace_id must be a string")),
         None => return Err(ApiError::bad("workspace_id is required")),
     };
     let url = agent_url(body.get("url"))?;
-    if !principal.is_admin() {
-        return Err(ApiError::Forbidden("admin token required"));
-    }
+    require_admin(principal)?;
     let token = generate_token("tbw_");
     let registration = Registration {
         agent_url: Some(url),
@@ -157,6 +144,7 @@ pub(super) async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_REPORTED_CENTS;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
@@ -164,15 +152,19 @@ mod tests {
 
     #[test]
     fn spend_is_clamped_not_rejected() {
-        let spend = |s: &str| spend_field(Some(&raw(s)));
-        assert_eq!(spend("1234").unwrap(), Some(1234));
-        assert_eq!(spend("-5").unwrap(), Some(0));
-        assert_eq!(spend("-99999999999999999999999").unwrap(), Some(0));
+        let ws = WorkspaceId::new("w").unwrap();
+        let spend = |s: &str| {
+            let read = spend_field(Some(&raw(s)))?;
+            Ok::<_, ApiError>(Heartbeat::new(ws.clone(), read, None).reported_cents())
+        };
+        assert_eq!(spend("1234").unwrap(), 1234);
+        assert_eq!(spend("-5").unwrap(), 0);
+        assert_eq!(spend("-99999999999999999999999").unwrap(), 0);
         assert_eq!(
             spend("99999999999999999999999").unwrap(),
-            Some(MAX_REPORTED_CENTS)
+            MAX_REPORTED_CENTS
         );
-        assert_eq!(spend("1000000000001").unwrap(), Some(MAX_REPORTED_CENTS));
+        assert_eq!(spend("1000000000001").unwrap(), MAX_REPORTED_CENTS);
         assert_eq!(spend_field(None).unwrap(), None);
         for bad in ["1.5", "1e3", "\"100\"", "true", "[1]", "{}"] {
             assert!(spend(bad).is_err(), "{bad}");

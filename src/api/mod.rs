@@ -288,8 +288,36 @@ impl Inner {
     }
 }
 
+/// A workspace id from the path, a query or a body field (`what` names it in the message).
+pub(crate) fn workspace_id(raw: &str, what: &str) -> Result<WorkspaceId, ApiError> {
+    WorkspaceId::new(raw).map_err(|e| ApiError::bad(format!("invalid {what}: {e}")))
+}
+
 pub(crate) fn workspace_in_path(raw: &str) -> Result<WorkspaceId, ApiError> {
-    WorkspaceId::new(raw).map_err(|e| ApiError::bad(format!("invalid workspace id: {e}")))
+    workspace_id(raw, "workspace id")
+}
+
+/// The caller may act for `workspace` (its own token, or the admin's): else 403.
+pub(crate) fn require_acting_for(
+    principal: &Principal,
+    workspace: &WorkspaceId,
+) -> Result<(), ApiError> {
+    if principal.may_act_for(workspace) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "this token may not act for that workspace",
+        ))
+    }
+}
+
+/// The caller is the admin: else 403.
+pub(crate) fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("admin token required"))
+    }
 }
 
 /// Reads at most [`MAX_BODY_BYTES`]; a longer body is 413. (A declared length is not trusted

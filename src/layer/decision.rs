@@ -150,14 +150,12 @@ impl Blocked {
             .exceeded
             .iter()
             .map(|&p| {
-                let line = self.status.period(p);
-                let detail = json!({
-                    "limit": line.limit,
-                    "spend": line.spend,
-                    "remaining": line.remaining,
-                    "retry_after_seconds": self.retry_after_seconds[p],
-                });
-                (p.name().to_owned(), detail)
+                let mut detail = self.status.period(p).to_json();
+                detail.insert(
+                    "retry_after_seconds".into(),
+                    json!(self.retry_after_seconds[p]),
+                );
+                (p.name().to_owned(), Value::Object(detail))
             })
             .collect();
         json!({

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::decision::{render_budget_headers, Rendered};
-use super::telemetry::CacheMetrics;
+use crate::store::CacheMetrics;
 use crate::store::{BudgetStatus, BudgetStore, CachingStore};
 use crate::WorkspaceId;
 

@@ -66,21 +66,3 @@ impl LayerMetrics {
         }
     }
 }
-
-/// The cache's counters (`tower_budget_cache_total{result}`), resolved once like the above.
-pub(crate) struct CacheMetrics {
-    pub(crate) hit: Counter,
-    pub(crate) miss: Counter,
-    pub(crate) coalesced: Counter,
-}
-
-impl CacheMetrics {
-    pub(crate) fn get() -> &'static CacheMetrics {
-        static METRICS: OnceLock<CacheMetrics> = OnceLock::new();
-        METRICS.get_or_init(|| CacheMetrics {
-            hit: metrics::counter!("tower_budget_cache_total", "result" => "hit"),
-            miss: metrics::counter!("tower_budget_cache_total", "result" => "miss"),
-            coalesced: metrics::counter!("tower_budget_cache_total", "result" => "coalesced"),
-        })
-    }
-}

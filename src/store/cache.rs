@@ -3,19 +3,38 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use metrics::Counter;
 use tokio::time::Instant;
 
 use super::{
     BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
 };
-use crate::layer::telemetry::CacheMetrics;
 use crate::period::{Limits, LimitsPatch, PerPeriod};
 use crate::WorkspaceId;
+
+/// The cache's counters (`tower_budget_cache_total{result}`), resolved once: on the request path a
+/// metric is an atomic add, not a registry lookup.
+pub(crate) struct CacheMetrics {
+    pub(crate) hit: Counter,
+    pub(crate) miss: Counter,
+    pub(crate) coalesced: Counter,
+}
+
+impl CacheMetrics {
+    pub(crate) fn get() -> &'static CacheMetrics {
+        static METRICS: OnceLock<CacheMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| CacheMetrics {
+            hit: metrics::counter!("tower_budget_cache_total", "result" => "hit"),
+            miss: metrics::counter!("tower_budget_cache_total", "result" => "miss"),
+            coalesced: metrics::counter!("tower_budget_cache_total", "result" => "coalesced"),
+        })
+    }
+}
 
 /// Default time a cached answer is served.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(1);

@@ -201,8 +201,10 @@ impl BudgetStore for MemoryStore {
                 let leaves_at = ws
                     .ledger
                     .first_entry_above(ws.ledger.total_at(now) - limit)?;
-                let wait = leaves_at + window_micros(p) - now;
-                u64::try_from(wait).ok().map(Duration::from_micros)
+                p.time_until_out(
+                    DateTime::from_timestamp_micros(leaves_at)?,
+                    DateTime::from_timestamp_micros(now)?,
+                )
             }))
         })
     }

@@ -25,6 +25,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+pub(crate) use cache::CacheMetrics;
 pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
 pub use memory::MemoryStore;
 
@@ -52,6 +53,17 @@ pub struct PeriodStatus {
     pub spend: i64,
     /// `limit − spend` (negative when over), `None` without a limit.
     pub remaining: Option<i64>,
+}
+
+impl PeriodStatus {
+    /// `{"limit", "spend", "remaining"}`: the period entry every JSON output starts from (the
+    /// budget GET adds the window, the 402 body the wait).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 impl BudgetStatus {

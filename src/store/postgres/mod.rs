@@ -462,8 +462,7 @@ impl BudgetStore for PgStore {
         let now: DateTime<Utc> = row.get(Period::all().len());
         Ok(PerPeriod::from_fn(|p| {
             let leaves_at: Option<DateTime<Utc>> = row.get(p.index());
-            let window = chrono::Duration::from_std(p.window()).ok()?;
-            (leaves_at? + window - now).to_std().ok()
+            p.time_until_out(leaves_at?, now)
         }))
     }
 
