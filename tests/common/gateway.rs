@@ -19,24 +19,26 @@ pub const ADMIN: &str = "test-admin-token";
 /// The gateway binary, built once per test process (a no-op when it is up to date).
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            // All features: the build CI and packagers make must enforce like any other.
-            .args(["build", "--quiet", "--all-features", "--example", "gateway"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the gateway failed");
-        // target/debug/deps/<test> → target/debug/examples/gateway
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join("gateway")
-    })
-    .clone()
+    BIN.get_or_init(|| example("gateway")).clone()
+}
+
+/// Builds the example `name` with all features — the build CI and packagers make must enforce
+/// like any other — and returns its path (a no-op build when it is up to date).
+pub fn example(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--all-features", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the example {name} failed");
+    // target/debug/deps/<test> → target/debug/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 pub struct Gateway {
