@@ -1,7 +1,9 @@
-//! Where stores get "now". Production uses [`SystemClock`]; tests inject a [`ManualClock`] to
+//! Where stores get "now". Production uses [`SystemClock`] (the in-process store) or the
+//! database's clock (the Postgres store); tests inject a `ManualClock` (feature `test-util`) to
 //! put ledger events and checks at exact instants.
 
 use std::fmt;
+#[cfg(feature = "test-util")]
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +24,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to. Clones share the same time.
+/// A clock that only moves when told to. Clones share the same time. For tests (feature
+/// `test-util`).
 ///
 /// ```
 /// use tower_budget::clock::{Clock, ManualClock};
@@ -30,9 +33,11 @@ impl Clock for SystemClock {
 /// clock.advance(std::time::Duration::from_secs(90));
 /// assert_eq!(clock.now().to_rfc3339(), "2026-01-01T00:01:30+00:00");
 /// ```
+#[cfg(feature = "test-util")]
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
 
+#[cfg(feature = "test-util")]
 impl ManualClock {
     /// A clock standing at `at`.
     pub fn new(at: DateTime<Utc>) -> Self {
@@ -54,6 +59,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "test-util")]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())

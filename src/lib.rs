@@ -34,6 +34,7 @@
 //! - `api` (default): the companion HTTP handlers ([`api::BudgetApi`]) with token auth, and
 //!   the budget page.
 #![deny(unsafe_code)]
+#![deny(unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(feature = "api")]

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 /// The breaker's state, as reported by the `tower_budget_breaker_state` gauge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls go to the store (gauge 0).
     Closed,

@@ -81,6 +81,7 @@ impl BudgetDecision {
 
 /// Why the store gave no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UnavailableCause {
     /// The check took longer than the configured timeout.
     Timeout,
@@ -91,6 +92,22 @@ pub enum UnavailableCause {
 }
 
 impl UnavailableCause {
+    /// Every cause, in the order of [`index`](Self::index).
+    pub(crate) const ALL: [UnavailableCause; 3] = [
+        UnavailableCause::Timeout,
+        UnavailableCause::StoreError,
+        UnavailableCause::BreakerOpen,
+    ];
+
+    /// Position in [`ALL`](Self::ALL), for per-cause arrays.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            UnavailableCause::Timeout => 0,
+            UnavailableCause::StoreError => 1,
+            UnavailableCause::BreakerOpen => 2,
+        }
+    }
+
     /// The metric and log label: `timeout`, `store_error`, `breaker_open`.
     pub fn label(self) -> &'static str {
         match self {

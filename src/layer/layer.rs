@@ -405,7 +405,7 @@ impl WarnLimiter {
         error: Option<&StoreError>,
         failed_open: bool,
     ) -> bool {
-        let i = cause as usize;
+        let i = cause.index();
         let now = Instant::now();
         {
             let mut next = self.next[i].lock().unwrap_or_else(|e| e.into_inner());
@@ -441,7 +441,7 @@ mod tests {
     async fn warnings_are_rate_limited_per_cause() {
         let w = WarnLimiter::new(Duration::from_secs(10));
         let ws = WorkspaceId::new("ws-1").unwrap();
-        let timeouts = UnavailableCause::Timeout as usize;
+        let timeouts = UnavailableCause::Timeout.index();
         assert!(w.warn(UnavailableCause::Timeout, &ws, None, true));
         assert!(
             !w.warn(UnavailableCause::Timeout, &ws, None, true),

@@ -33,11 +33,7 @@ impl LayerMetrics {
                 failed_open: decision("failed_open"),
                 failed_closed: decision("failed_closed"),
                 blocked_by_period: PerPeriod::from_fn(|p| metrics::counter!("tower_budget_blocked_total", "period" => p.name())),
-                failures: [
-                    cause(UnavailableCause::Timeout),
-                    cause(UnavailableCause::StoreError),
-                    cause(UnavailableCause::BreakerOpen),
-                ],
+                failures: UnavailableCause::ALL.map(cause),
                 check_duration: metrics::histogram!("tower_budget_check_duration_seconds"),
             }
         })
@@ -61,7 +57,7 @@ impl LayerMetrics {
                 } else {
                     self.failed_closed.increment(1);
                 }
-                self.failures[*cause as usize].increment(1);
+                self.failures[cause.index()].increment(1);
             }
         }
     }

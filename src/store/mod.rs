@@ -27,7 +27,7 @@ pub mod postgres;
 
 pub(crate) use cache::CacheMetrics;
 pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES_PER_WORKSPACE};
 
 /// The largest cumulative report accepted: $10 B in cents. Larger reports are clamped to it.
 pub const MAX_REPORTED_CENTS: i64 = 1_000_000_000_000;

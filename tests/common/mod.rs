@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod agent;
+#[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod fake;
 #[cfg(feature = "postgres")]
