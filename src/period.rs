@@ -49,7 +49,7 @@ const TABLE: &[PeriodDef] = &[
 ];
 
 /// How many periods the table has.
-pub const PERIOD_COUNT: usize = TABLE.len();
+pub(crate) const PERIOD_COUNT: usize = TABLE.len();
 
 /// How long ledger entries are kept beyond the longest window before pruning removes them.
 pub const RETENTION_SLACK: Duration = Duration::from_secs(5 * 24 * 3_600);
@@ -103,7 +103,7 @@ impl Period {
     }
 
     /// Position in the table, `0..PERIOD_COUNT`.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self.0 as usize
     }
 
@@ -129,7 +129,7 @@ impl Period {
     }
 
     /// The allowed names, comma-separated in table order (for error messages).
-    pub fn names_list() -> String {
+    pub(crate) fn names_list() -> String {
         Period::all()
             .map(Period::name)
             .collect::<Vec<_>>()

@@ -71,7 +71,7 @@ impl TokenAuth {
 impl Authorize for TokenAuth {
     async fn authenticate(&self, bearer: &str) -> Result<Option<Principal>, StoreError> {
         let hash = hash_token(bearer);
-        if constant_time_eq(&hash.0, &self.admin.0) {
+        if constant_time_eq(hash.as_bytes(), self.admin.as_bytes()) {
             return Ok(Some(Principal::Admin));
         }
         Ok(self
@@ -84,7 +84,7 @@ impl Authorize for TokenAuth {
 
 /// The SHA-256 of a token, as stores keep it.
 pub fn hash_token(token: &str) -> TokenHash {
-    TokenHash(Sha256::digest(token.as_bytes()).into())
+    TokenHash::from_bytes(Sha256::digest(token.as_bytes()).into())
 }
 
 /// A fresh random token: `prefix` and 64 hex digits (256 bits from the OS).

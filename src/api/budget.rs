@@ -17,7 +17,7 @@ const MAX_PAGE: usize = 1_000;
 
 /// The `GET /workspaces/{id}/budget` body for `status`: every period in table order with its
 /// limit, spend, remaining and window, plus the legacy monthly fields.
-pub fn budget_json(status: &BudgetStatus) -> Value {
+pub(crate) fn budget_json(status: &BudgetStatus) -> Value {
     let periods: Map<String, Value> = status
         .periods()
         .map(|line| {

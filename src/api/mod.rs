@@ -45,7 +45,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use tower_service::Service;
 
 pub use auth::{generate_token, hash_token, Authorize, Principal, TokenAuth};
-pub use budget::budget_json;
 
 use crate::store::{BudgetStore, StoreError};
 use crate::WorkspaceId;

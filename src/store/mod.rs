@@ -5,7 +5,7 @@
 //! # The ledger
 //!
 //! Agents report **cumulative** spend. A heartbeat turns a report into an increment (see
-//! [`derive_delta`]) and appends it to an append-only ledger with the store's timestamp.
+//! `derive_delta`) and appends it to an append-only ledger with the store's timestamp.
 //! Each ledger entry also carries the workspace's running total after it, so the spend in any
 //! trailing window `(now − w, now]` is a difference of two running totals: the last entry at or
 //! before `now` minus the total just before the first entry after `now − w`. That is two index
@@ -124,7 +124,19 @@ impl Heartbeat {
 
 /// A SHA-256 hash of a workspace's bearer token: stores keep only this, never the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub [u8; 32]);
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// The hash from its 32 bytes (as a store reads them back).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        TokenHash(bytes)
+    }
+
+    /// The 32 bytes to store.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
 
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +166,7 @@ pub struct HeartbeatOutcome {
 ///
 /// `reported < previous` means the agent's counter was reset, so everything it reports is new.
 /// A report of 0 adds nothing (and, by the stores, never replaces `previous`).
-pub fn derive_delta(previous: i64, reported: i64) -> i64 {
+pub(crate) fn derive_delta(previous: i64, reported: i64) -> i64 {
     if reported <= 0 {
         0
     } else if reported < previous {

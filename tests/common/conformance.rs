@@ -238,11 +238,12 @@ pub async fn concurrent_patches_of_different_periods_both_survive<S: BudgetStore
     store.register(&w).await.unwrap();
     for round in 1..=25 {
         let tasks: Vec<_> = Period::all()
-            .map(|p| {
+            .zip(0..)
+            .map(|(p, i)| {
                 let (store, w) = (store.clone(), w.clone());
                 tokio::spawn(async move {
                     store
-                        .patch_limits(&w, &limits(&[(p, round * 10 + p.index() as i64)]))
+                        .patch_limits(&w, &limits(&[(p, round * 10 + i)]))
                         .await
                 })
             })
@@ -251,12 +252,8 @@ pub async fn concurrent_patches_of_different_periods_both_survive<S: BudgetStore
             t.await.unwrap().unwrap();
         }
         let now = store.limits(&w).await.unwrap();
-        for p in Period::all() {
-            assert_eq!(
-                now.get(p),
-                Some(round * 10 + p.index() as i64),
-                "round {round}, {p}"
-            );
+        for (p, i) in Period::all().zip(0..) {
+            assert_eq!(now.get(p), Some(round * 10 + i), "round {round}, {p}");
         }
     }
 }
@@ -479,13 +476,13 @@ pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: M
     let w = ws("ws-1");
     let first = Registration {
         agent_url: Some("http://127.0.0.1:9901".into()),
-        token_hash: Some(TokenHash([1; 32])),
+        token_hash: Some(TokenHash::from_bytes([1; 32])),
     };
     store.register_agent(&w, &first).await.unwrap();
     assert_eq!(store.registration(&w).await.unwrap(), first);
     assert_eq!(
         store
-            .workspace_for_token(&TokenHash([1; 32]))
+            .workspace_for_token(&TokenHash::from_bytes([1; 32]))
             .await
             .unwrap(),
         Some(w.clone())
@@ -498,13 +495,13 @@ pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: M
     // Registering again moves the URL and rotates the token; limits stay.
     let second = Registration {
         agent_url: Some("http://127.0.0.1:9902/agent".into()),
-        token_hash: Some(TokenHash([2; 32])),
+        token_hash: Some(TokenHash::from_bytes([2; 32])),
     };
     store.register_agent(&w, &second).await.unwrap();
     assert_eq!(store.registration(&w).await.unwrap(), second);
     assert_eq!(
         store
-            .workspace_for_token(&TokenHash([1; 32]))
+            .workspace_for_token(&TokenHash::from_bytes([1; 32]))
             .await
             .unwrap(),
         None,
@@ -512,7 +509,7 @@ pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: M
     );
     assert_eq!(
         store
-            .workspace_for_token(&TokenHash([2; 32]))
+            .workspace_for_token(&TokenHash::from_bytes([2; 32]))
             .await
             .unwrap(),
         Some(w.clone())
@@ -527,7 +524,7 @@ pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: M
     ));
     assert_eq!(
         store
-            .workspace_for_token(&TokenHash([2; 32]))
+            .workspace_for_token(&TokenHash::from_bytes([2; 32]))
             .await
             .unwrap(),
         Some(w.clone())
@@ -543,7 +540,7 @@ pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: M
     );
     assert_eq!(
         store
-            .workspace_for_token(&TokenHash([9; 32]))
+            .workspace_for_token(&TokenHash::from_bytes([9; 32]))
             .await
             .unwrap(),
         None

@@ -331,7 +331,7 @@ impl BudgetStore for PgStore {
         workspace: &WorkspaceId,
         registration: &Registration,
     ) -> Result<(), StoreError> {
-        let hash = registration.token_hash.map(|h| h.0.to_vec());
+        let hash = registration.token_hash.map(|h| h.as_bytes().to_vec());
         self.execute(
             sql::REGISTER_AGENT,
             vec![
@@ -352,7 +352,9 @@ impl BudgetStore for PgStore {
         let hash: Option<Vec<u8>> = row.get(1);
         Ok(Registration {
             agent_url: row.get(0),
-            token_hash: hash.and_then(|h| h.try_into().ok()).map(TokenHash),
+            token_hash: hash
+                .and_then(|h| h.try_into().ok())
+                .map(TokenHash::from_bytes),
         })
     }
 
@@ -363,7 +365,7 @@ impl BudgetStore for PgStore {
         let row = self
             .query_opt(
                 sql::WORKSPACE_FOR_TOKEN,
-                vec![Box::new(token_hash.0.to_vec())],
+                vec![Box::new(token_hash.as_bytes().to_vec())],
             )
             .await?;
         Ok(row.and_then(|r| WorkspaceId::new(r.get(0)).ok()))
