@@ -1,3 +1,6 @@
+//! The response future: waits for the check, then calls the inner service or answers itself
+//! (402, 503); adds the budget headers to allowed responses.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,8 +13,8 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
+use super::check::Checker;
 use super::decision::{insert_budget_headers, payment_required, BudgetDecision, Rendered};
-use super::layer::Shared;
 
 pin_project! {
     /// Response future of [`BudgetService`](super::BudgetService).
@@ -51,7 +54,7 @@ struct Checking<S, ReqB> {
     check: BoxFuture<'static, BudgetDecision>,
     inner: Option<S>,
     request: Option<Request<ReqB>>,
-    shared: Arc<Shared>,
+    checker: Arc<Checker>,
 }
 
 impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
@@ -82,7 +85,7 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
         check: BoxFuture<'static, BudgetDecision>,
         inner: S,
         request: Request<ReqB>,
-        shared: Arc<Shared>,
+        checker: Arc<Checker>,
     ) -> Self {
         ResponseFuture {
             state: State::Checking {
@@ -90,7 +93,7 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
                     check,
                     inner: Some(inner),
                     request: Some(request),
-                    shared,
+                    checker,
                 }),
             },
         }
@@ -112,7 +115,7 @@ where
                         check,
                         inner,
                         request,
-                        shared,
+                        checker,
                     } = &mut **checking;
                     let decision = ready!(check.as_mut().poll(cx));
                     if !decision.is_allowed() {
@@ -133,7 +136,7 @@ where
                         (Some(i), Some(r)) => (i, r),
                         _ => unreachable!("the check completes once"),
                     };
-                    let headers = shared.headers_for(&decision);
+                    let headers = checker.headers_for(&decision);
                     request.extensions_mut().insert(decision);
                     let future = inner.call(request);
                     this.state.set(State::Calling { future, headers });

@@ -1,22 +1,16 @@
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+//! The `Layer` and its builder: settings in, a `BudgetService` per wrapped service out.
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::breaker::{Breaker, BreakerState};
-use super::decision::{render_budget_headers, Blocked, BudgetDecision, Rendered, UnavailableCause};
-use super::front;
+use super::check::{Checker, WarnLimiter};
 use super::resolve::{PathSegment, ResolveWorkspace};
 use super::service::BudgetService;
-use super::telemetry::LayerMetrics;
-use crate::period::Limits;
-use crate::store::{
-    BudgetStatus, BudgetStore, CachingStore, StoreError, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
-};
-use crate::WorkspaceId;
+use crate::store::{BudgetStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
 
 /// Default bound on one budget check.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
@@ -49,42 +43,16 @@ pub enum ConfigError {
     ZeroCapacity,
 }
 
-type Exempt = dyn Fn(&Parts) -> bool + Send + Sync;
-
 /// Applies budget enforcement to a service: see the [module docs](super).
 #[derive(Clone)]
 #[must_use]
 pub struct BudgetLayer {
-    shared: Arc<Shared>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Shared {
-    /// What checks ask: the caching store, or `raw` when the cache is off.
-    store: Arc<dyn BudgetStore>,
-    /// The caching store, when the cache is on (the same one as `store`).
-    cache: Option<Arc<CachingStore<dyn BudgetStore>>>,
-    raw: Arc<dyn BudgetStore>,
-    /// What [`BudgetLayer::store`] hands out for writes and registration lookups: the caching
-    /// store, or with the cache off one with a zero TTL — every answer comes from the store, but
-    /// concurrent lookups are coalesced and the last known registration is kept (and dropped by
-    /// the writes that change it).
-    writes: Arc<dyn BudgetStore>,
-    cache_ttl: Duration,
-    cache_capacity: usize,
-    pub(crate) resolver: Arc<dyn ResolveWorkspace>,
-    pub(crate) exempt: Option<Arc<Exempt>>,
-    timeout: Duration,
-    fail_mode: FailMode,
-    breaker: Arc<Breaker>,
-    breaker_settings: (u32, Duration),
-    pub(crate) budget_headers: bool,
-    warn: Arc<WarnLimiter>,
+    checker: Arc<Checker>,
 }
 
 impl std::fmt::Debug for BudgetLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = &self.shared;
+        let s = &self.checker;
         f.debug_struct("BudgetLayer")
             .field("check_timeout", &s.timeout)
             .field("fail_mode", &s.fail_mode)
@@ -106,7 +74,7 @@ impl BudgetLayer {
 
     /// Like [`new`](Self::new), for a store that is already shared.
     pub fn from_arc(store: Arc<dyn BudgetStore>) -> Self {
-        let mut shared = Shared {
+        let mut checker = Checker {
             store: store.clone(),
             cache: None,
             writes: store.clone(),
@@ -125,14 +93,14 @@ impl BudgetLayer {
             budget_headers: false,
             warn: Arc::new(WarnLimiter::new(DEFAULT_WARN_INTERVAL)),
         };
-        shared.rebuild_cache();
+        checker.rebuild_cache();
         BudgetLayer {
-            shared: Arc::new(shared),
+            checker: Arc::new(checker),
         }
     }
 
-    fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+    fn update(mut self, f: impl FnOnce(&mut Checker)) -> Self {
+        f(Arc::make_mut(&mut self.checker));
         self
     }
 
@@ -209,12 +177,12 @@ impl BudgetLayer {
     /// at once: the caching store when the cache is on (with the cache off, one that caches
     /// nothing but the last known registration). Take it after configuring the cache.
     pub fn store(&self) -> Arc<dyn BudgetStore> {
-        self.shared.writes.clone()
+        self.checker.writes.clone()
     }
 
     /// The breaker's current state.
     pub fn breaker_state(&self) -> BreakerState {
-        self.shared.breaker.state()
+        self.checker.breaker.state()
     }
 }
 
@@ -222,242 +190,6 @@ impl<S> Layer<S> for BudgetLayer {
     type Service = BudgetService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BudgetService::new(inner, self.shared.clone())
-    }
-}
-
-impl Shared {
-    fn rebuild_cache(&mut self) {
-        self.cache = (!self.cache_ttl.is_zero()).then(|| {
-            Arc::new(CachingStore::new(
-                self.raw.clone(),
-                self.cache_ttl,
-                self.cache_capacity,
-            ))
-        });
-        (self.store, self.writes) = match &self.cache {
-            Some(cache) => (
-                cache.clone() as Arc<dyn BudgetStore>,
-                cache.clone() as Arc<dyn BudgetStore>,
-            ),
-            None => (
-                self.raw.clone(),
-                Arc::new(CachingStore::new(
-                    self.raw.clone(),
-                    Duration::ZERO,
-                    self.cache_capacity,
-                )) as Arc<dyn BudgetStore>,
-            ),
-        };
-    }
-
-    /// The check: status within the timeout; on a refusal, the retry-after lookup within a
-    /// second timeout (without it the refusal stands, only without `Retry-After`).
-    pub(crate) async fn decide(self: Arc<Self>, workspace: WorkspaceId) -> BudgetDecision {
-        let started = Instant::now();
-        let decision = self.check(workspace, started).await;
-        let took = started.elapsed();
-        let metrics = LayerMetrics::get();
-        metrics.check_duration.record(took.as_secs_f64());
-        metrics.record(&decision);
-        tracing::debug!(workspace = %decision.workspace(), decision = decision.label(), ?took, "budget check");
-        decision
-    }
-
-    /// The budget headers for `decision` when it is allowed and they are on.
-    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Rendered {
-        match decision {
-            BudgetDecision::Allowed { status, .. } => self.headers_for_status(status),
-            _ => None,
-        }
-    }
-
-    /// The budget headers for `status` when it allows requests and they are on.
-    fn headers_for_status(&self, status: &BudgetStatus) -> Rendered {
-        if self.budget_headers && !status.is_exceeded() {
-            render_budget_headers(status)
-        } else {
-            None
-        }
-    }
-
-    /// The decision, and its budget headers, when it needs no waiting: a fresh cached status
-    /// that allows the request (or an unknown workspace), whatever the breaker's state. `Err`
-    /// hands the workspace back for the full check.
-    pub(crate) fn decide_now(
-        &self,
-        workspace: WorkspaceId,
-    ) -> Result<(BudgetDecision, Rendered), WorkspaceId> {
-        let cached = match &self.cache {
-            Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
-            // No cache of ours: the store may still have an answer at hand.
-            None => match self.store.status_now(&workspace) {
-                Some(Ok(status)) => Some((Some(status), self.headers_for_status(&status))),
-                Some(Err(StoreError::NotFound)) => Some((None, None)),
-                _ => None,
-            },
-        };
-        let Some((status, headers)) = cached else {
-            return Err(workspace);
-        };
-        let decision = match status {
-            Some(status) if !status.is_exceeded() => BudgetDecision::Allowed { workspace, status },
-            None => BudgetDecision::Unregistered { workspace },
-            Some(_) => return Err(workspace),
-        };
-        // Not timed: the histogram describes checks that wait for the store.
-        LayerMetrics::get().record(&decision);
-        Ok((decision, headers))
-    }
-
-    async fn check(&self, workspace: WorkspaceId, started: Instant) -> BudgetDecision {
-        let status = match self.breaker.permit() {
-            // Open breaker: a fresh cached answer (allow or refuse) still stands; the fail mode
-            // applies only where there is none.
-            None => match self.store.status_now(&workspace) {
-                Some(Ok(status)) => status,
-                Some(Err(StoreError::NotFound)) => {
-                    return BudgetDecision::Unregistered { workspace }
-                }
-                _ => return self.unavailable(workspace, UnavailableCause::BreakerOpen, None),
-            },
-            Some(permit) => {
-                match tokio::time::timeout_at(started + self.timeout, self.store.status(&workspace))
-                    .await
-                {
-                    Ok(Ok(status)) => {
-                        permit.succeeded();
-                        status
-                    }
-                    Ok(Err(StoreError::NotFound)) => {
-                        permit.succeeded();
-                        return BudgetDecision::Unregistered { workspace };
-                    }
-                    Ok(Err(e)) => {
-                        permit.failed();
-                        return self.unavailable(workspace, UnavailableCause::StoreError, Some(&e));
-                    }
-                    Err(_) => {
-                        permit.failed();
-                        return self.unavailable(workspace, UnavailableCause::Timeout, None);
-                    }
-                }
-            }
-        };
-        let exceeded = status.exceeded_periods();
-        if exceeded.is_empty() {
-            return BudgetDecision::Allowed { workspace, status };
-        }
-        let over = exceeded
-            .iter()
-            .fold(Limits::none(), |l, &p| l.with(p, status.limits.get(p)));
-        // With the breaker open only an answer at hand is taken (a zero timeout still polls
-        // once); without one the refusal stands, only without `Retry-After`.
-        let wait = if self.breaker.state() != BreakerState::Closed {
-            Duration::ZERO
-        } else {
-            self.timeout
-        };
-        let waits = tokio::time::timeout(wait, self.store.retry_after(&workspace, &over))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        BudgetDecision::Blocked(Blocked::new(workspace, status, waits))
-    }
-
-    fn unavailable(
-        &self,
-        workspace: WorkspaceId,
-        cause: UnavailableCause,
-        error: Option<&StoreError>,
-    ) -> BudgetDecision {
-        let failed_open = self.fail_mode == FailMode::Open;
-        self.warn.warn(cause, &workspace, error, failed_open);
-        BudgetDecision::Unavailable {
-            workspace,
-            cause,
-            failed_open,
-        }
-    }
-}
-
-/// Logs at most one warning per cause per interval, with the count of those it held back.
-#[derive(Debug)]
-struct WarnLimiter {
-    interval: Duration,
-    next: [Mutex<Option<Instant>>; 3],
-    held_back: [AtomicU64; 3],
-}
-
-impl WarnLimiter {
-    fn new(interval: Duration) -> Self {
-        WarnLimiter {
-            interval,
-            next: Default::default(),
-            held_back: Default::default(),
-        }
-    }
-
-    fn warn(
-        &self,
-        cause: UnavailableCause,
-        workspace: &WorkspaceId,
-        error: Option<&StoreError>,
-        failed_open: bool,
-    ) -> bool {
-        let i = cause.index();
-        let now = Instant::now();
-        {
-            let mut next = self.next[i].lock().unwrap_or_else(|e| e.into_inner());
-            if next.is_some_and(|n| now < n) {
-                self.held_back[i].fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            *next = Some(now + self.interval);
-        }
-        let held_back = self.held_back[i].swap(0, Ordering::Relaxed);
-        let action = if failed_open {
-            "let through"
-        } else {
-            "refused"
-        };
-        match error {
-            Some(e) => {
-                tracing::warn!(%workspace, cause = cause.label(), error = %e, held_back, "budget check failed: request {action}")
-            }
-            None => {
-                tracing::warn!(%workspace, cause = cause.label(), held_back, "budget check failed: request {action}")
-            }
-        }
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn warnings_are_rate_limited_per_cause() {
-        let w = WarnLimiter::new(Duration::from_secs(10));
-        let ws = WorkspaceId::new("ws-1").unwrap();
-        let timeouts = UnavailableCause::Timeout.index();
-        assert!(w.warn(UnavailableCause::Timeout, &ws, None, true));
-        assert!(
-            !w.warn(UnavailableCause::Timeout, &ws, None, true),
-            "same cause, same interval"
-        );
-        assert!(
-            w.warn(UnavailableCause::StoreError, &ws, None, true),
-            "each cause has its own"
-        );
-        assert_eq!(w.held_back[timeouts].load(Ordering::Relaxed), 1);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(w.warn(UnavailableCause::Timeout, &ws, None, true));
-        assert_eq!(
-            w.held_back[timeouts].load(Ordering::Relaxed),
-            0,
-            "reported and reset"
-        );
+        BudgetService::new(inner, self.checker.clone())
     }
 }

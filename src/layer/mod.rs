@@ -112,6 +112,7 @@
 
 mod body;
 mod breaker;
+mod check;
 mod decision;
 mod front;
 mod future;

@@ -1,3 +1,6 @@
+//! The service the layer makes: resolves the workspace, answers from the cache when it can,
+//! else hands the request and the check to the response future.
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -5,8 +8,8 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::body::ResponseBody;
+use super::check::Checker;
 use super::future::ResponseFuture;
-use super::layer::Shared;
 use crate::WorkspaceId;
 
 /// The service [`BudgetLayer`](super::BudgetLayer) produces: checks the request's workspace,
@@ -14,12 +17,12 @@ use crate::WorkspaceId;
 #[derive(Clone)]
 pub struct BudgetService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    checker: Arc<Checker>,
 }
 
 impl<S> BudgetService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        BudgetService { inner, shared }
+    pub(crate) fn new(inner: S, checker: Arc<Checker>) -> Self {
+        BudgetService { inner, checker }
     }
 
     /// The inner service.
@@ -51,11 +54,11 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        let exempt = self.shared.exempt.as_ref().is_some_and(|e| e(&parts));
+        let exempt = self.checker.exempt.as_ref().is_some_and(|e| e(&parts));
         let workspace = if exempt {
             None
         } else {
-            self.shared
+            self.checker
                 .resolver
                 .resolve(&parts)
                 .map(|raw| WorkspaceId::new(&raw))
@@ -66,7 +69,7 @@ where
                 StatusCode::BAD_REQUEST,
                 format!("invalid workspace id: {e}"),
             )),
-            Some(Ok(workspace)) => match self.shared.decide_now(workspace) {
+            Some(Ok(workspace)) => match self.checker.decide_from_cache(workspace) {
                 // A cached answer: call the ready inner service right away.
                 Ok((decision, headers)) => {
                     parts.extensions.insert(decision);
@@ -79,9 +82,9 @@ where
                     // services").
                     let clone = self.inner.clone();
                     let ready = std::mem::replace(&mut self.inner, clone);
-                    let check = Box::pin(self.shared.clone().decide(workspace));
+                    let check = Box::pin(self.checker.clone().decide(workspace));
                     let request = Request::from_parts(parts, body);
-                    ResponseFuture::check(check, ready, request, self.shared.clone())
+                    ResponseFuture::check(check, ready, request, self.checker.clone())
                 }
             },
         }
