@@ -119,7 +119,7 @@ impl LastKnown {
         answer: &Result<Registration, StoreError>,
         since: u64,
     ) {
-        let mut map = write(&self.map);
+        let mut map = write_lock(&self.map);
         if self.epoch() != since {
             return;
         }
@@ -135,7 +135,7 @@ impl LastKnown {
     /// A registration write: what loads in flight bring back is stale; `now` is the new value
     /// when the write said what it is.
     fn replace(&self, workspace: &WorkspaceId, now: Option<&Registration>) {
-        let mut map = write(&self.map);
+        let mut map = write_lock(&self.map);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match now {
             Some(registration) => self.insert(&mut map, workspace, registration),
@@ -224,9 +224,9 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// the proxy falls back on while the store is down, and only a registration or removal
     /// changes it).
     fn drop_answers(&self, workspace: &WorkspaceId) {
-        write(&self.status).map.remove(workspace);
-        write(&self.retry).map.remove(workspace);
-        write(&self.registration).map.remove(workspace);
+        write_lock(&self.status).map.remove(workspace);
+        write_lock(&self.retry).map.remove(workspace);
+        write_lock(&self.registration).map.remove(workspace);
     }
 
     /// A fresh, completed answer for `workspace`, under a shared lock: the hit path takes no
@@ -257,7 +257,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         f: impl FnOnce(Result<&T, StoreError>, &Slot<T>) -> R,
     ) -> Option<R> {
         let now = Instant::now();
-        let entries = read(entries);
+        let entries = read_lock(entries);
         let slot = entries.map.get(workspace)?;
         if now >= slot.started + self.ttl {
             return None;
@@ -306,7 +306,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
-        let mut entries = write(entries);
+        let mut entries = write_lock(entries);
         if let Some(slot) = entries.map.get(workspace) {
             match slot.load.peek() {
                 // In flight, and not so old that it may never finish (a store that hangs).
@@ -372,7 +372,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
             Ok(v) => Ok(v),
             Err(e) => {
                 if !matches!(*e, StoreError::NotFound) {
-                    let mut entries = write(entries);
+                    let mut entries = write_lock(entries);
                     if entries
                         .map
                         .get(workspace)
@@ -390,7 +390,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// it returns — successful or not, since a failed write may still have landed — and also if
     /// the caller stops waiting for it. A write that can change the registration
     /// (`registration_changes`) drops the last known registration too.
-    async fn write<T>(
+    async fn write_through<T>(
         &self,
         workspace: &WorkspaceId,
         registration_changes: bool,
@@ -418,18 +418,18 @@ fn shared_error(e: Arc<StoreError>) -> StoreError {
     }
 }
 
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
 impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        self.write(workspace, true, self.inner.register(workspace))
+        self.write_through(workspace, true, self.inner.register(workspace))
             .await
     }
 
@@ -438,7 +438,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         workspace: &WorkspaceId,
         registration: &Registration,
     ) -> Result<(), StoreError> {
-        self.write(
+        self.write_through(
             workspace,
             true,
             self.inner.register_agent(workspace, registration),
@@ -463,7 +463,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
-        read(&self.last_known.map).get(workspace).cloned()
+        read_lock(&self.last_known.map).get(workspace).cloned()
     }
 
     async fn workspace_for_token(
@@ -474,7 +474,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
-        self.write(workspace, true, self.inner.remove(workspace))
+        self.write_through(workspace, true, self.inner.remove(workspace))
             .await
     }
 
@@ -487,7 +487,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
     ) -> Result<BudgetStatus, StoreError> {
-        self.write(workspace, false, self.inner.patch_limits(workspace, patch))
+        self.write_through(workspace, false, self.inner.patch_limits(workspace, patch))
             .await
     }
 
@@ -511,7 +511,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         let over = *over;
         // A cached answer computed for other limits is of no use: ask again.
         {
-            let mut entries = write(&self.retry);
+            let mut entries = write_lock(&self.retry);
             let stale = entries
                 .map
                 .get(workspace)
@@ -524,7 +524,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
             let (inner, ws) = (self.inner.clone(), workspace.clone());
             async move { inner.retry_after(&ws, &over).await.map(|r| (over, r)) }
         });
-        let loaded_at = write(&self.retry)
+        let loaded_at = write_lock(&self.retry)
             .map
             .get(workspace)
             .map_or(started, |s| s.started);
@@ -542,7 +542,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         &self,
         heartbeat: &Heartbeat,
     ) -> Result<HeartbeatOutcome, StoreError> {
-        self.write(
+        self.write_through(
             &heartbeat.workspace,
             false,
             self.inner.record_heartbeat(heartbeat),
