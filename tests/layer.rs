@@ -745,3 +745,29 @@ async fn a_lookup_racing_a_delete_does_not_revive_the_url() {
         "the deleted URL does not come back"
     );
 }
+
+/// `BudgetLayer::store` may be taken at any point of the builder chain: writes through it reach
+/// the cache the finished layer uses (it used to depend on the call order).
+#[tokio::test]
+async fn the_write_store_taken_before_the_cache_settings_still_invalidates() {
+    let f = Fixture::new().await;
+    let layer = f.layer();
+    let writes = layer.store();
+    let layer = layer
+        .with_cache_ttl(Duration::from_secs(60))
+        .with_cache_capacity(50)
+        .unwrap();
+    let send = || f.send(&layer, get("/workspaces/ws-1/a2a"));
+    assert_eq!(send().await.status(), StatusCode::OK);
+    assert_eq!(
+        send().await.status(),
+        StatusCode::OK,
+        "served from the cache"
+    );
+    set_limits(&*writes, "ws-1", &[(Period::HOURLY, Some(0))]).await;
+    assert_eq!(
+        send().await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "the write dropped the cached answer"
+    );
+}

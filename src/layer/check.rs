@@ -30,11 +30,10 @@ pub(crate) struct Checker {
     /// The caching store, when the cache is on (the same one as `store`).
     pub(super) cache: Option<Arc<CachingStore<dyn BudgetStore>>>,
     pub(super) raw: Arc<dyn BudgetStore>,
-    /// What [`BudgetLayer::store`] hands out for writes and registration lookups: the caching
-    /// store, or with the cache off one with a zero TTL — every answer comes from the store, but
-    /// concurrent lookups are coalesced and the last known registration is kept (and dropped by
-    /// the writes that change it).
-    pub(super) writes: Arc<dyn BudgetStore>,
+    /// The layer's caching store, made once with the layer: what `BudgetLayer::store` hands out
+    /// for writes and registration lookups. With the cache off (TTL zero) it serves no answer
+    /// but still coalesces concurrent lookups and keeps the last known registration.
+    pub(super) caching: Arc<CachingStore<dyn BudgetStore>>,
     pub(super) cache_ttl: Duration,
     pub(super) cache_capacity: usize,
     pub(super) resolver: Arc<dyn ResolveWorkspace>,
@@ -48,27 +47,15 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    pub(super) fn rebuild_cache(&mut self) {
-        self.cache = (!self.cache_ttl.is_zero()).then(|| {
-            Arc::new(CachingStore::new(
-                self.raw.clone(),
-                self.cache_ttl,
-                self.cache_capacity,
-            ))
-        });
-        (self.store, self.writes) = match &self.cache {
-            Some(cache) => (
-                cache.clone() as Arc<dyn BudgetStore>,
-                cache.clone() as Arc<dyn BudgetStore>,
-            ),
-            None => (
-                self.raw.clone(),
-                Arc::new(CachingStore::new(
-                    self.raw.clone(),
-                    Duration::ZERO,
-                    self.cache_capacity,
-                )) as Arc<dyn BudgetStore>,
-            ),
+    /// Applies the cache settings to the layer's one caching store (made with the layer): the
+    /// checks use it while the TTL is above zero, and writes always go through it.
+    pub(super) fn configure_cache(&mut self) {
+        self.caching
+            .reconfigure(self.cache_ttl, self.cache_capacity);
+        self.cache = (!self.cache_ttl.is_zero()).then(|| self.caching.clone());
+        self.store = match &self.cache {
+            Some(cache) => cache.clone(),
+            None => self.raw.clone(),
         };
     }
 

@@ -10,7 +10,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::check::{Checker, WarnLimiter};
 use super::resolve::{PathSegment, ResolveWorkspace};
 use super::service::BudgetService;
-use crate::store::{BudgetStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
+use crate::store::{BudgetStore, CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
 
 /// Default bound on one budget check.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
@@ -77,7 +77,11 @@ impl BudgetLayer {
         let mut checker = Checker {
             store: store.clone(),
             cache: None,
-            writes: store.clone(),
+            caching: Arc::new(CachingStore::new(
+                store.clone(),
+                DEFAULT_CACHE_TTL,
+                DEFAULT_CACHE_CAPACITY,
+            )),
             raw: store,
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -93,7 +97,7 @@ impl BudgetLayer {
             budget_headers: false,
             warn: Arc::new(WarnLimiter::new(DEFAULT_WARN_INTERVAL)),
         };
-        checker.rebuild_cache();
+        checker.configure_cache();
         BudgetLayer {
             checker: Arc::new(checker),
         }
@@ -129,7 +133,7 @@ impl BudgetLayer {
     pub fn with_cache_ttl(self, ttl: Duration) -> Self {
         self.update(|s| {
             s.cache_ttl = ttl;
-            s.rebuild_cache();
+            s.configure_cache();
         })
     }
 
@@ -143,7 +147,7 @@ impl BudgetLayer {
         }
         Ok(self.update(|s| {
             s.cache_capacity = capacity;
-            s.rebuild_cache();
+            s.configure_cache();
         }))
     }
 
@@ -174,10 +178,11 @@ impl BudgetLayer {
     }
 
     /// The store to write through (budget API, heartbeats) so that this layer sees the writes
-    /// at once: the caching store when the cache is on (with the cache off, one that caches
-    /// nothing but the last known registration). Take it after configuring the cache.
+    /// at once: the layer's caching store, made with the layer — take it at any point of the
+    /// builder chain; the cache settings reconfigure that same store. With the cache off it
+    /// serves no answers but keeps the last known registration.
     pub fn store(&self) -> Arc<dyn BudgetStore> {
-        self.checker.writes.clone()
+        self.checker.caching.clone()
     }
 
     /// The breaker's current state.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -88,8 +88,10 @@ pub struct CachingStore<S: ?Sized> {
     /// Unique per cache in this process, so copies of its entries kept elsewhere can name it.
     id: u64,
     inner: Arc<S>,
-    ttl: Duration,
-    capacity: usize,
+    /// The TTL in nanoseconds and the bound on cached workspaces: settable after construction,
+    /// so that a layer's builder reconfigures the one cache it made (see `BudgetLayer::store`).
+    ttl_nanos: AtomicU64,
+    capacity: AtomicUsize,
     status: RwLock<Entries<BudgetStatus>>,
     retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
     registration: RwLock<Entries<Registration>>,
@@ -104,7 +106,7 @@ pub struct CachingStore<S: ?Sized> {
 struct LastKnown {
     map: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
     epoch: AtomicU64,
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 impl LastKnown {
@@ -151,7 +153,7 @@ impl LastKnown {
         workspace: &WorkspaceId,
         registration: &Registration,
     ) {
-        if map.len() >= self.capacity && !map.contains_key(workspace) {
+        if map.len() >= self.capacity.load(Ordering::Relaxed) && !map.contains_key(workspace) {
             // Bounded like the cache: an arbitrary entry goes.
             if let Some(victim) = map.keys().next().cloned() {
                 map.remove(&victim);
@@ -179,8 +181,11 @@ impl<T> Default for Entries<T> {
 impl<S: ?Sized> std::fmt::Debug for CachingStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachingStore")
-            .field("ttl", &self.ttl)
-            .field("capacity", &self.capacity)
+            .field(
+                "ttl",
+                &Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed)),
+            )
+            .field("capacity", &self.capacity.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -192,17 +197,35 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         CachingStore {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             inner,
-            ttl,
-            capacity: capacity.max(1),
+            ttl_nanos: AtomicU64::new(nanos(ttl)),
+            capacity: AtomicUsize::new(capacity.max(1)),
             status: RwLock::default(),
             retry: RwLock::default(),
             registration: RwLock::default(),
             last_known: Arc::new(LastKnown {
                 map: RwLock::default(),
                 epoch: AtomicU64::new(0),
-                capacity: capacity.max(1),
+                capacity: AtomicUsize::new(capacity.max(1)),
             }),
         }
+    }
+
+    /// How long an answer is served.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
+    }
+
+    /// The bound on cached workspaces.
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Changes the TTL and the bound; entries already cached keep the time they were loaded.
+    pub(crate) fn reconfigure(&self, ttl: Duration, capacity: usize) {
+        let capacity = capacity.max(1);
+        self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.last_known.capacity.store(capacity, Ordering::Relaxed);
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -244,7 +267,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     pub(crate) fn peek_status(&self, workspace: &WorkspaceId) -> Option<Peeked> {
         self.peek(&self.status, workspace, |answer, slot| Peeked {
             status: answer.ok().copied(),
-            expires: slot.started + self.ttl,
+            expires: slot.started + self.ttl(),
             current: slot.current.clone(),
         })
     }
@@ -259,7 +282,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         let now = Instant::now();
         let entries = read_lock(entries);
         let slot = entries.map.get(workspace)?;
-        if now >= slot.started + self.ttl {
+        if now >= slot.started + self.ttl() {
             return None;
         }
         let answer = match slot.load.peek()? {
@@ -306,21 +329,20 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
+        let ttl = self.ttl();
         let mut entries = write_lock(entries);
         if let Some(slot) = entries.map.get(workspace) {
             match slot.load.peek() {
                 // In flight, and not so old that it may never finish (a store that hangs).
-                None if now < slot.started + self.ttl.max(MAX_JOIN_AGE) => {
+                None if now < slot.started + ttl.max(MAX_JOIN_AGE) => {
                     CacheMetrics::get().coalesced.increment(1);
                     return slot.load.clone();
                 }
-                Some(Ok(_)) if now < slot.started + self.ttl => {
+                Some(Ok(_)) if now < slot.started + ttl => {
                     CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
-                Some(Err(e))
-                    if matches!(**e, StoreError::NotFound) && now < slot.started + self.ttl =>
-                {
+                Some(Err(e)) if matches!(**e, StoreError::NotFound) && now < slot.started + ttl => {
                     CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
@@ -331,7 +353,7 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
         // it to the next one, which finds it in the map and carries on from where it stopped.
         let load: Load<T> = start().map(|r| r.map_err(Arc::new)).boxed().shared();
-        if entries.map.len() >= self.capacity && !entries.map.contains_key(workspace) {
+        if entries.map.len() >= self.capacity() && !entries.map.contains_key(workspace) {
             self.make_room(&mut entries, now);
         }
         entries.map.insert(
@@ -347,13 +369,13 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
 
     fn make_room<T>(&self, entries: &mut Entries<T>, now: Instant) {
         if now >= entries.next_sweep {
-            let ttl = self.ttl;
+            let ttl = self.ttl();
             entries
                 .map
                 .retain(|_, s| s.load.peek().is_none() || now < s.started + ttl);
             entries.next_sweep = now + ttl;
         }
-        if entries.map.len() >= self.capacity {
+        if entries.map.len() >= self.capacity() {
             if let Some(victim) = entries.map.keys().next().cloned() {
                 entries.map.remove(&victim);
             }
@@ -416,6 +438,10 @@ fn shared_error(e: Arc<StoreError>) -> StoreError {
         StoreError::NotFound => StoreError::NotFound,
         _ => StoreError::Unavailable(Box::new(e)),
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
