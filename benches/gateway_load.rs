@@ -97,7 +97,15 @@ fn serve_baseline(args: &[String]) {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .unwrap();
-        let store = app::store(database_url.as_deref()).await.unwrap();
+        // The same caching store the gateway's layer makes, for the API and the proxy's lookups:
+        // the baseline differs from the gateway by the budget check alone.
+        let raw = app::store(database_url.as_deref()).await.unwrap();
+        let store: std::sync::Arc<dyn tower_budget::store::BudgetStore> =
+            std::sync::Arc::new(tower_budget::store::CachingStore::new(
+                raw,
+                tower_budget::store::DEFAULT_CACHE_TTL,
+                tower_budget::store::DEFAULT_CACHE_CAPACITY,
+            ));
         let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));
         let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
         let local = listener.local_addr().unwrap();
