@@ -15,6 +15,15 @@ pub fn is_card_path(suffix: &str) -> bool {
 /// percent-decoded (twice), without `;` parameters, in any case, empty segments and a trailing
 /// slash dropped — or `None`.
 pub fn canonical_card_path(suffix: &str) -> Option<&'static str> {
+    // Already in the one spelling, or no spelling of a card path at all: decided in one pass.
+    let needs_normalizing = suffix
+        .bytes()
+        .any(|b| b == b'%' || b == b';' || b.is_ascii_uppercase())
+        || suffix.contains("//")
+        || (suffix.len() > 1 && suffix.ends_with('/'));
+    if !needs_normalizing {
+        return CARD_PATHS.iter().copied().find(|p| *p == suffix);
+    }
     let mut normalized = String::with_capacity(suffix.len());
     for segment in suffix.split('/').filter(|s| !s.is_empty()) {
         let once = crate::proxy::percent_decode(segment.as_bytes());
