@@ -466,3 +466,34 @@ async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// The request id reaches the agent and comes back to the client (tower-http's request-id
+/// layers); one the client sent is kept end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_the_agent_and_come_back() {
+    let agent = Agent::start().await;
+    let gw = Gateway::start(&[]);
+    register(&gw, "ws-1", &agent.url()).await;
+    let r = gw
+        .call(Method::GET, "/workspaces/ws-1/a2a/echo", None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        r.json["headers"]["x-request-id"],
+        id.as_str(),
+        "{:?}",
+        r.json
+    );
+    let r = gw
+        .call_raw(
+            Method::GET,
+            "/workspaces/ws-1/a2a/echo",
+            None,
+            None,
+            &[("x-request-id", "trace-abc")],
+        )
+        .await;
+    assert_eq!(r.headers["x-request-id"], "trace-abc");
+    assert_eq!(r.json["headers"]["x-request-id"], "trace-abc");
+}

@@ -15,6 +15,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_budget::api::{BudgetApi, BUDGET_PAGE};
 use tower_budget::store::postgres::{migrate, PgStore, PoolOptions};
 use tower_budget::store::{BudgetStore, MemoryStore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
 
 use crate::proxy;
 
@@ -192,6 +199,71 @@ where
         .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
         .fallback_service(api)
         .layer(middleware::from_fn(track))
+        // tower-http, outermost last: a panic anywhere is a 500 JSON and the process lives;
+        // `Authorization` never reaches a log line; every request gets an id (kept when the
+        // client sent one), which goes to the agent, back to the client and into the span.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(NextRequestId))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            http::header::AUTHORIZATION,
+        ]))
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// One span per request (at debug level: `RUST_LOG=debug` or `tower_http=debug` shows them
+/// with their status and latency), naming the request id and, on the proxy routes, the workspace.
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let workspace = proxy::split_path(request.uri().path()).map_or("", |(ws, _)| ws);
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id, workspace)
+}
+
+/// Request ids: a random prefix per process and a counter — unique across replicas and restarts
+/// in practice, and cheap.
+#[derive(Clone, Copy)]
+struct NextRequestId;
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        static PREFIX: OnceLock<u32> = OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            seed ^ std::process::id().rotate_left(16)
+        });
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        http::HeaderValue::from_str(&format!("{prefix:08x}-{n:x}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// A handler that panicked: 500 with the API's JSON error shape; the panic itself is logged.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<String> {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a request handler panicked");
+    let mut response = http::Response::new(r#"{"error":"internal error"}"#.to_owned());
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Request counters and latency (to response headers) per route class.
@@ -258,5 +330,52 @@ impl RouteMetrics {
         self.requests[usize::from(status.as_u16() - 100)].get_or_init(|| {
             metrics::counter!("gateway_requests_total", "route" => self.route, "status" => status.as_str().to_owned())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A panic in a handler is a 500 JSON; the router keeps serving; every response carries a
+    /// request id, and one the client sent is kept.
+    #[tokio::test]
+    async fn a_panic_is_a_500_and_requests_carry_ids() {
+        let store: Arc<dyn BudgetStore> = Arc::new(MemoryStore::new());
+        let api = BudgetApi::new(
+            store.clone(),
+            tower_budget::api::TokenAuth::new("admin", store),
+        );
+        let panicking = tower::service_fn(|request: Request<Body>| async move {
+            assert!(request.uri().path().is_empty(), "a handler that panics");
+            Ok::<Response, Infallible>(Response::new(Body::empty()))
+        });
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let app = router(panicking, api, metrics);
+        let call = |uri: &str, id: Option<&str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(id) = id {
+                request = request.header("x-request-id", id);
+            }
+            app.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        let response = call("/workspaces/ws-1/a2a", None).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"internal error"}"#);
+
+        let health = call("/healthz", None).await.unwrap();
+        assert_eq!(health.status(), http::StatusCode::OK, "still serving");
+        let first = health.headers()["x-request-id"].clone();
+        let second = call("/healthz", None).await.unwrap().headers()["x-request-id"].clone();
+        assert_ne!(first, second, "a fresh id per request");
+        let kept = call("/healthz", Some("client-id-7")).await.unwrap();
+        assert_eq!(kept.headers()["x-request-id"], "client-id-7");
     }
 }
