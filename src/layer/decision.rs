@@ -161,7 +161,8 @@ impl Blocked {
             .try_fold(0, |max, s| s.map(|s| max.max(s)))
     }
 
-    /// The 402 body of SPEC §6.
+    /// The 402 body: `error`, `exceeded_periods` in table order, and for each exceeded period
+    /// its `limit`, `spend`, `remaining` and `retry_after_seconds` (see the [module docs](super)).
     pub fn body(&self) -> Value {
         let periods: Map<String, Value> = self
             .exceeded

@@ -44,6 +44,23 @@ pub enum ConfigError {
 }
 
 /// Applies budget enforcement to a service: see the [module docs](super).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_budget::layer::{BudgetLayer, FailMode, Header};
+/// use tower_budget::store::MemoryStore;
+///
+/// let layer = BudgetLayer::new(MemoryStore::new())
+///     .with_resolver(Header::new(http::HeaderName::from_static("x-workspace-id")))
+///     .with_check_timeout(Duration::from_millis(30))?
+///     .with_fail_mode(FailMode::Closed)
+///     .with_cache_ttl(Duration::from_millis(500))
+///     .with_budget_headers(true);
+/// // Limits, heartbeats and registrations written through this store are enforced at once.
+/// let store = layer.store();
+/// # drop(store);
+/// # Ok::<(), tower_budget::layer::ConfigError>(())
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct BudgetLayer {

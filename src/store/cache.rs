@@ -84,6 +84,27 @@ pub(crate) struct Peeked {
 ///   by other processes are seen within one TTL.
 /// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
 ///   arbitrary one.
+///
+/// `BudgetLayer` makes one for itself (hand its [`store`](crate::layer::BudgetLayer::store) to
+/// whatever writes); build one directly to share a cache between other parts:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_budget::period::{LimitsPatch, Period};
+/// use tower_budget::store::{BudgetStore, CachingStore, MemoryStore};
+/// use tower_budget::WorkspaceId;
+///
+/// let cache = CachingStore::new(Arc::new(MemoryStore::new()), Duration::from_secs(1), 1_000);
+/// let ws = WorkspaceId::new("ws-1")?;
+/// cache.register(&ws).await?;
+/// assert!(cache.status(&ws).await?.limits.is_empty()); // loaded, now cached
+/// cache.patch_limits(&ws, &LimitsPatch::new().with(Period::DAILY, Some(0))?).await?;
+/// assert!(cache.status(&ws).await?.is_exceeded(), "the write dropped the cached answer");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 pub struct CachingStore<S: ?Sized> {
     /// Unique per cache in this process, so copies of its entries kept elsewhere can name it.
     id: u64,

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! # Schema
-//! - `workspaces`: the seed's table (`id`, `status`, legacy `budget_limit`, `monthly_spend` =
+//! - `workspaces`: the table of the platform the crate is added to, if it has one (`id`,
+//!   `status` — `'removed'` counts as removed —, legacy `budget_limit`, `monthly_spend` =
 //!   the agent's last cumulative report), plus `budget_limits jsonb`, the last accepted `seq`,
 //!   the running ledger total, and `removed_at`.
 //! - `workspace_spend_events`: the append-only ledger, keyed `(workspace_id, total_cents)`, with
