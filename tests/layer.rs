@@ -771,3 +771,23 @@ async fn the_write_store_taken_before_the_cache_settings_still_invalidates() {
         "the write dropped the cached answer"
     );
 }
+
+/// Clones of a layer configured differently keep their own cache settings (they used to share
+/// one cache, and the last configured TTL applied to both).
+#[tokio::test(start_paused = true)]
+async fn clones_of_a_layer_keep_their_own_cache_settings() {
+    let f = Fixture::new().await;
+    let base = f.layer();
+    let short = base.clone().with_cache_ttl(Duration::from_millis(100));
+    let _long = base.clone().with_cache_ttl(Duration::from_secs(60));
+    let send = || f.send(&short, get("/workspaces/ws-1/a2a"));
+    assert_eq!(send().await.status(), StatusCode::OK);
+    // Straight to the store, past every cache: only the TTL can bring it in.
+    f.limits(&[(Period::HOURLY, Some(0))]).await;
+    tokio::time::advance(Duration::from_millis(150)).await;
+    assert_eq!(
+        send().await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "the 100 ms TTL still applies"
+    );
+}

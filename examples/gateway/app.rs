@@ -20,7 +20,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 
 use crate::proxy;
@@ -198,21 +198,40 @@ where
         .route("/metrics", get(move || async move { metrics.render() }))
         .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
         .fallback_service(api)
+        // tower-http, innermost first: a panic in any handler is a 500 JSON and the process
+        // lives (counted by `track`, logged in the request's span, with its id); a span per
+        // request (debug level; 5xx answers are the callers' business, not error lines here);
+        // every request gets an id — kept when the client sent a plain one — that goes to the
+        // agent, back to the client and into the span; `Authorization` never reaches a log line.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(track))
-        // tower-http, outermost last: a panic anywhere is a 500 JSON and the process lives;
-        // `Authorization` never reaches a log line; every request gets an id (kept when the
-        // client sent one), which goes to the agent, back to the client and into the span.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
-                .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros)),
+                .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros))
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(NextRequestId))
+        .layer(tower::util::MapRequestLayer::new(plain_request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
             http::header::AUTHORIZATION,
         ]))
-        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// A client's `x-request-id` is kept only when it is plain (`[A-Za-z0-9._-]`, 1–64 bytes): any
+/// other value is replaced by a fresh id, so logs never carry what a client chose to inject.
+fn plain_request_id(mut request: Request<Body>) -> Request<Body> {
+    let plain = request.headers().get("x-request-id").is_none_or(|v| {
+        (1..=64).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    if !plain {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// One span per request (at debug level: `RUST_LOG=debug` or `tower_http=debug` shows them
@@ -377,5 +396,7 @@ mod tests {
         assert_ne!(first, second, "a fresh id per request");
         let kept = call("/healthz", Some("client-id-7")).await.unwrap();
         assert_eq!(kept.headers()["x-request-id"], "client-id-7");
+        let replaced = call("/healthz", Some("x workspace=ws-9")).await.unwrap();
+        assert_ne!(replaced.headers()["x-request-id"], "x workspace=ws-9");
     }
 }

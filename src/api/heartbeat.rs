@@ -46,10 +46,9 @@ fn workspace_field(raw: Option<&RawValue>) -> Result<WorkspaceId, ApiError> {
 fn spend_field(raw: Option<&RawValue>) -> Result<Option<i64>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get().trim();
-    let (negative, digits) = integer_literal(text).ok_or_else(|| {
+    let (negative, _) = integer_literal(text).ok_or_else(|| {
         ApiError::bad("monthly_spend must be an integer number of cents (cumulative) or null")
     })?;
-    let _ = digits;
     let beyond = if negative { i64::MIN } else { i64::MAX };
     Ok(Some(text.parse::<i64>().unwrap_or(beyond)))
 }

@@ -121,7 +121,19 @@ impl BudgetLayer {
     }
 
     fn update(mut self, f: impl FnOnce(&mut Checker)) -> Self {
-        f(Arc::make_mut(&mut self.checker));
+        // A clone of a layer (or of one already wrapping services) being configured gets its
+        // own cache: settings never leak between layers through a shared one.
+        let shared = Arc::strong_count(&self.checker) > 1;
+        let checker = Arc::make_mut(&mut self.checker);
+        if shared {
+            checker.caching = Arc::new(CachingStore::new(
+                checker.raw.clone(),
+                checker.cache_ttl,
+                checker.cache_capacity,
+            ));
+            checker.configure_cache();
+        }
+        f(checker);
         self
     }
 
@@ -196,8 +208,9 @@ impl BudgetLayer {
 
     /// The store to write through (budget API, heartbeats) so that this layer sees the writes
     /// at once: the layer's caching store, made with the layer — take it at any point of the
-    /// builder chain; the cache settings reconfigure that same store. With the cache off it
-    /// serves no answers but keeps the last known registration.
+    /// builder chain; the cache settings reconfigure that same store. (A clone of the layer that
+    /// is configured further gets a cache of its own; take its store from it.) With the cache
+    /// off it serves no answers but keeps the last known registration.
     pub fn store(&self) -> Arc<dyn BudgetStore> {
         self.checker.caching.clone()
     }
