@@ -11,20 +11,6 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
-async fn register(gw: &Gateway, id: &str, url: &str) -> String {
-    let r = gw
-        .call(
-            Method::POST,
-            "/registry/register",
-            Some(ADMIN),
-            Some(&json!({"workspace_id": id, "url": url})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    assert_eq!(r.json["workspace_id"], id);
-    r.json["token"].as_str().unwrap().to_owned()
-}
-
 async fn heartbeat(gw: &Gateway, token: &str, body: Value) -> Reply {
     gw.call(
         Method::POST,
@@ -70,7 +56,7 @@ async fn patch(gw: &Gateway, id: &str, body: Value) -> Reply {
 /// limit, block everything with 0 — and the agent card stays reachable and points at the gateway.
 async fn budget_flow(gw: &Gateway) {
     let agent = Agent::start().await;
-    let token = register(gw, "ws-1", &agent.url()).await;
+    let token = gw.register("ws-1", &agent.url()).await;
 
     let ok = rpc(gw, "ws-1").await;
     assert_eq!(ok.status, StatusCode::OK);
@@ -199,7 +185,7 @@ async fn budget_flow_on_postgres_and_a_restart_keeps_limits_spend_and_seq() {
     // seq 2 was the last accepted: a replay is stale, and the agent token still works.
     let list = gw.call(Method::GET, "/workspaces", Some(ADMIN), None).await;
     assert_eq!(list.json, json!({"workspaces": [{"workspace_id": "ws-1"}]}));
-    let token = register(&gw, "ws-2", "http://127.0.0.1:9/agent").await; // a second workspace
+    let token = gw.register("ws-2", "http://127.0.0.1:9/agent").await; // a second workspace
     let stale = heartbeat(
         &gw,
         ADMIN,
@@ -235,7 +221,7 @@ async fn budget_flow_on_postgres_and_a_restart_keeps_limits_spend_and_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_patch_400_case_changes_nothing() {
     let gw = Gateway::start(&[]);
-    register(&gw, "ws-1", "http://127.0.0.1:9/agent").await;
+    gw.register("ws-1", "http://127.0.0.1:9/agent").await;
     patch(
         &gw,
         "ws-1",
@@ -326,7 +312,7 @@ async fn every_patch_400_case_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_validation_clamp_and_stale() {
     let gw = Gateway::start(&[]);
-    let token = register(&gw, "ws-1", "http://127.0.0.1:9/agent").await;
+    let token = gw.register("ws-1", "http://127.0.0.1:9/agent").await;
     for (body, status) in [
         (json!({"monthly_spend": 5}), StatusCode::BAD_REQUEST),
         (
@@ -411,8 +397,8 @@ async fn heartbeat_validation_clamp_and_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_matrix_on_every_route() {
     let gw = Gateway::start(&[]);
-    let own = register(&gw, "ws-1", "http://127.0.0.1:9/agent").await;
-    let other = register(&gw, "ws-2", "http://127.0.0.1:9/agent").await;
+    let own = gw.register("ws-1", "http://127.0.0.1:9/agent").await;
+    let other = gw.register("ws-2", "http://127.0.0.1:9/agent").await;
     let hb = json!({"workspace_id": "ws-1", "monthly_spend": 0});
     let reg = json!({"workspace_id": "ws-3", "url": "http://127.0.0.1:9/x"});
     let lim = json!({"budget_limits": {"hourly": 10}});
@@ -521,7 +507,7 @@ async fn auth_matrix_on_every_route() {
         json!({"workspaces": [{"workspace_id": "ws-1"}, {"workspace_id": "ws-3"}]})
     );
     // Registering again rotates the token: the old one stops working at once.
-    let rotated = register(&gw, "ws-1", "http://127.0.0.1:9/agent").await;
+    let rotated = gw.register("ws-1", "http://127.0.0.1:9/agent").await;
     assert_eq!(
         gw.call(Method::GET, "/workspaces/ws-1/budget", Some(&own), None)
             .await
@@ -540,7 +526,7 @@ async fn auth_matrix_on_every_route() {
 async fn listing_pages_through_in_id_order() {
     let gw = Gateway::start(&[]);
     for i in 0..5 {
-        register(&gw, &format!("w{i}"), "http://127.0.0.1:9/a").await;
+        gw.register(&format!("w{i}"), "http://127.0.0.1:9/a").await;
     }
     let page = gw
         .call(Method::GET, "/workspaces?limit=2", Some(ADMIN), None)
@@ -588,7 +574,7 @@ async fn listing_pages_through_in_id_order() {
 async fn sse_events_arrive_spaced_as_the_agent_sent_them() {
     let gw = Gateway::start(&[]);
     let agent = Agent::start().await;
-    register(&gw, "ws-1", &agent.url()).await;
+    gw.register("ws-1", &agent.url()).await;
     let body = json!({"jsonrpc": "2.0", "id": "s", "method": "SendStreamingMessage", "params": {}})
         .to_string();
     let req = http::Request::post(gw.url("/workspaces/ws-1/a2a/"))
@@ -631,7 +617,7 @@ async fn sse_events_arrive_spaced_as_the_agent_sent_them() {
 async fn proxy_keeps_query_and_authorization_drops_hop_by_hop_and_maps_errors() {
     let gw = Gateway::start(&["--upstream-timeout-ms", "500"]);
     let agent = Agent::start().await;
-    register(&gw, "ws-1", &agent.url()).await;
+    gw.register("ws-1", &agent.url()).await;
     let echo = gw
         .call_raw(
             Method::POST,
@@ -675,7 +661,7 @@ async fn proxy_keeps_query_and_authorization_drops_hop_by_hop_and_maps_errors() 
     assert_eq!(down.status, StatusCode::BAD_GATEWAY);
     assert!(down.json["error"].is_string());
     // An agent that never listened at all.
-    register(&gw, "ws-2", "http://127.0.0.1:9/agent").await;
+    gw.register("ws-2", "http://127.0.0.1:9/agent").await;
     assert_eq!(rpc(&gw, "ws-2").await.status, StatusCode::BAD_GATEWAY);
 }
 
@@ -683,7 +669,7 @@ async fn proxy_keeps_query_and_authorization_drops_hop_by_hop_and_maps_errors() 
 async fn ops_endpoints_and_the_budget_page() {
     let gw = Gateway::start(&[]);
     let agent = Agent::start().await;
-    register(&gw, "ws-1", &agent.url()).await;
+    gw.register("ws-1", &agent.url()).await;
     patch(&gw, "ws-1", json!({"budget_limits": {"hourly": 0}})).await;
     assert_eq!(rpc(&gw, "ws-1").await.status, StatusCode::PAYMENT_REQUIRED);
     let health = gw.call(Method::GET, "/healthz", None, None).await;
@@ -718,7 +704,7 @@ async fn ops_endpoints_and_the_budget_page() {
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let mut gw = Gateway::start(&[]);
     let agent = Agent::start().await;
-    register(&gw, "ws-1", &agent.url()).await;
+    gw.register("ws-1", &agent.url()).await;
     // A stream is in flight (its events take 2 × EVENT_SPACING) when SIGTERM arrives.
     let req = http::Request::post(gw.url("/workspaces/ws-1/a2a"))
         .body(http_body_util::Full::new(bytes::Bytes::from(

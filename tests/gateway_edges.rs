@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::gateway::{Gateway, ADMIN};
+use common::gateway::Gateway;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -97,25 +97,13 @@ async fn scripted_agent() -> Scripted {
     }
 }
 
-async fn register(gw: &Gateway, id: &str, url: &str) {
-    let r = gw
-        .call(
-            Method::POST,
-            "/registry/register",
-            Some(ADMIN),
-            Some(&json!({"workspace_id": id, "url": url})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-}
-
 /// SPEC §8: a path that could leave the agent's registered path is refused with 400 JSON and
 /// nothing is forwarded (it used to reach the agent's host as `/a/../b`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_that_could_leave_the_agent_are_refused() {
     let agent = scripted_agent().await;
     let gw = Gateway::start(&[]);
-    register(&gw, "ws-a", &format!("{}/a", agent.url)).await;
+    gw.register("ws-a", &format!("{}/a", agent.url)).await;
     let steering = [
         "/workspaces/ws-a/a2a/../b",
         "/workspaces/ws-a/a2a/..",
@@ -171,7 +159,7 @@ async fn the_card_route_never_leaks_the_agent_address() {
     let gw = Gateway::start(&[]);
     let card_path = "/.well-known/agent-card.json";
     for id in ["bom", "garbage", "gzip", "range", "plain"] {
-        register(&gw, id, &format!("{}/{id}", agent.url)).await;
+        gw.register(id, &format!("{}/{id}", agent.url)).await;
     }
     let root = |id: &str| gw.url(&format!("/workspaces/{id}/a2a"));
 
@@ -249,8 +237,9 @@ async fn the_card_route_never_leaks_the_agent_address() {
 async fn card_spellings_and_redirects_point_at_the_gateway() {
     let agent = scripted_agent().await;
     let gw = Gateway::start(&[]);
-    register(&gw, "plain", &format!("{}/plain", agent.url)).await;
-    register(&gw, "redirect", &format!("{}/redirect", agent.url)).await;
+    gw.register("plain", &format!("{}/plain", agent.url)).await;
+    gw.register("redirect", &format!("{}/redirect", agent.url))
+        .await;
     let root = gw.url("/workspaces/plain/a2a");
     for spelling in [
         "/.well-known/agent%2Dcard.json",

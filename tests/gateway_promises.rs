@@ -12,19 +12,6 @@ use common::relay::{Fault, Relay};
 use http::{Method, StatusCode};
 use serde_json::json;
 
-async fn register(gw: &Gateway, id: &str, url: &str) -> String {
-    let r = gw
-        .call(
-            Method::POST,
-            "/registry/register",
-            Some(ADMIN),
-            Some(&json!({"workspace_id": id, "url": url})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    r.json["token"].as_str().unwrap().to_owned()
-}
-
 async fn rpc(gw: &Gateway, id: &str) -> common::gateway::Reply {
     gw.call_raw(
         Method::POST,
@@ -77,7 +64,7 @@ async fn the_public_url_is_advertised_on_both_card_paths() {
         (&by_flag, "https://gw.example/base"),
         (&by_env, "https://env.example"),
     ] {
-        register(gw, "ws-1", &agent.url()).await;
+        gw.register("ws-1", &agent.url()).await;
         for card in ["/.well-known/agent-card.json", "/.well-known/agent.json"] {
             let r = gw
                 .call(
@@ -143,7 +130,7 @@ async fn fail_closed_check_timeout_and_the_fail_open_metric() {
         ],
     );
     let open = Gateway::start(&["--database-url", &url, "--cache-ttl-ms", "0"]);
-    register(&closed, "ws-1", &agent.url()).await;
+    closed.register("ws-1", &agent.url()).await;
     assert_eq!(rpc(&closed, "ws-1").await.status, StatusCode::OK);
     assert_eq!(rpc(&open, "ws-1").await.status, StatusCode::OK);
 
@@ -191,7 +178,7 @@ async fn two_processes_on_one_database() {
         "--check-timeout-ms",
         "2000",
     ]);
-    let token = register(&a, "ws-1", &agent.url()).await;
+    let token = a.register("ws-1", &agent.url()).await;
     assert_eq!(rpc(&a, "ws-1").await.status, StatusCode::OK);
     assert_eq!(rpc(&b, "ws-1").await.status, StatusCode::OK);
     limit_and_spend(&a, "ws-1", &token, 100, 150).await;
@@ -221,7 +208,7 @@ async fn two_processes_on_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_on_every_json_route() {
     let gw = Gateway::start(&[]);
-    let token = register(&gw, "ws-1", "http://127.0.0.1:9/a").await;
+    let token = gw.register("ws-1", "http://127.0.0.1:9/a").await;
     let pad = "x".repeat(70 * 1024);
     let heartbeat = format!(r#"{{"workspace_id": "ws-1", "monthly_spend": 5, "pad": "{pad}"}}"#);
     let r = gw
@@ -360,11 +347,11 @@ async fn the_pruner_prunes_on_its_own() {
 async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
     let log = std::env::temp_dir().join(format!("tb-auth-{}.log", std::process::id()));
     let gw = Gateway::start_logged(&[], &log);
-    let own = register(&gw, "ws-1", "http://127.0.0.1:9/a").await;
-    let other = register(&gw, "ws-2", "http://127.0.0.1:9/a").await;
-    let rotated_out = register(&gw, "ws-r", "http://127.0.0.1:9/a").await;
-    let rotated_in = register(&gw, "ws-r", "http://127.0.0.1:9/a").await;
-    let removed = register(&gw, "ws-gone", "http://127.0.0.1:9/a").await;
+    let own = gw.register("ws-1", "http://127.0.0.1:9/a").await;
+    let other = gw.register("ws-2", "http://127.0.0.1:9/a").await;
+    let rotated_out = gw.register("ws-r", "http://127.0.0.1:9/a").await;
+    let rotated_in = gw.register("ws-r", "http://127.0.0.1:9/a").await;
+    let removed = gw.register("ws-gone", "http://127.0.0.1:9/a").await;
     let del = gw
         .call(Method::DELETE, "/workspaces/ws-gone", Some(ADMIN), None)
         .await;
@@ -473,7 +460,7 @@ async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
 async fn request_ids_reach_the_agent_and_come_back() {
     let agent = Agent::start().await;
     let gw = Gateway::start(&[]);
-    register(&gw, "ws-1", &agent.url()).await;
+    gw.register("ws-1", &agent.url()).await;
     let r = gw
         .call(Method::GET, "/workspaces/ws-1/a2a/echo", None, None)
         .await;

@@ -132,6 +132,17 @@ impl Gateway {
         }
     }
 
+    /// Registers `id` at `url` as the admin; the workspace's token (asserts a 200).
+    pub async fn register(&self, id: &str, url: &str) -> String {
+        let body = serde_json::json!({"workspace_id": id, "url": url});
+        let r = self
+            .call(Method::POST, "/registry/register", Some(ADMIN), Some(&body))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+        assert_eq!(r.json["workspace_id"], id);
+        r.json["token"].as_str().unwrap().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
