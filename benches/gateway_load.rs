@@ -97,10 +97,10 @@ fn serve_baseline(args: &[String]) {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .unwrap();
-        // The same caching store the gateway's layer makes, for the API and the proxy's lookups:
-        // the baseline differs from the gateway by the budget check alone.
+        // The same caching store the gateway gives its layer, for the API and the proxy's
+        // lookups: the baseline differs from the gateway by the budget check alone.
         let raw = app::store(database_url.as_deref()).await.unwrap();
-        let store: std::sync::Arc<dyn tower_budget::store::BudgetStore> =
+        let store: std::sync::Arc<dyn tower_budget::store::Store> =
             std::sync::Arc::new(tower_budget::store::CachingStore::new(
                 raw,
                 tower_budget::store::DEFAULT_CACHE_TTL,

@@ -13,6 +13,7 @@
 mod pg;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_budget::layer::{BudgetDecision, BudgetLayer};
 use tower_budget::period::{LimitsPatch, Period};
 use tower_budget::store::postgres::PgStore;
-use tower_budget::store::{BudgetStore, MemoryStore};
+use tower_budget::store::{BudgetStore, CachingStore, MemoryStore, DEFAULT_CACHE_CAPACITY};
 use tower_budget::WorkspaceId;
 
 type Body = Full<Bytes>;
@@ -69,20 +70,19 @@ fn main() {
         }
         store
     });
-    let memory = std::sync::Arc::new(memory);
+    let memory: Arc<dyn BudgetStore> = Arc::new(memory);
     let pg = rt.block_on(async {
         let store = PgStore::new(pg::migrated_pool().await);
         ready_workspace(&store).await;
         store
     });
 
-    let cached = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_secs(3600));
-    let many_headers = BudgetLayer::from_arc(memory.clone())
-        .with_cache_ttl(Duration::from_secs(3600))
+    let pg: Arc<dyn BudgetStore> = Arc::new(pg);
+    let cached = BudgetLayer::from_arc(caching(&memory, Duration::from_secs(3600)));
+    let many_headers = BudgetLayer::from_arc(caching(&memory, Duration::from_secs(3600)))
         .with_budget_headers(true);
-    let miss_memory = BudgetLayer::from_arc(memory.clone()).with_cache_ttl(Duration::from_nanos(1));
-    let miss_pg = BudgetLayer::new(pg)
-        .with_cache_ttl(Duration::from_nanos(1))
+    let miss_memory = BudgetLayer::from_arc(caching(&memory, Duration::from_nanos(1)));
+    let miss_pg = BudgetLayer::from_arc(caching(&pg, Duration::from_nanos(1)))
         .with_check_timeout(Duration::from_secs(5))
         .unwrap();
     // Every variant must let the request through on an allowed decision: a failing check would
@@ -157,8 +157,7 @@ fn main() {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .unwrap();
-    let recorded = BudgetLayer::from_arc(memory.clone())
-        .with_cache_ttl(Duration::from_secs(3600))
+    let recorded = BudgetLayer::from_arc(caching(&memory, Duration::from_secs(3600)))
         .with_budget_headers(true)
         .layer(inner);
     group.bench_function("cached_allowed_prometheus_headers", |b| {
@@ -166,4 +165,13 @@ fn main() {
     });
     group.finish();
     c.final_summary();
+}
+
+/// The decision cache the layer asks, as a user builds it.
+fn caching(store: &Arc<dyn BudgetStore>, ttl: Duration) -> Arc<CachingStore<dyn BudgetStore>> {
+    Arc::new(CachingStore::new(
+        store.clone(),
+        ttl,
+        DEFAULT_CACHE_CAPACITY,
+    ))
 }

@@ -6,15 +6,17 @@
 //!
 //! `/health` and `/users/{id}` are the app's own routes, untouched. Calls to
 //! `/workspaces/{id}/agent` are budget-checked: over a limit → 402. The budget API (limits,
-//! heartbeats, registry) answers everything else, writing through the layer's store so that a
+//! heartbeats, registry) answers everything else, writing through the store the layer asks, so that a
 //! change is enforced at once.
+
+use std::sync::Arc;
 
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tower_budget::api::{BudgetApi, TokenAuth};
 use tower_budget::layer::{BudgetDecision, BudgetLayer};
-use tower_budget::store::MemoryStore;
+use tower_budget::store::{CachingStore, MemoryStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,9 +25,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:3000".into());
     let admin = std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "dev-admin".into());
 
-    // The layer, and the store to write through (its cache then sees every write at once).
-    let budget = BudgetLayer::new(MemoryStore::new()).with_budget_headers(true);
-    let store = budget.store();
+    // One caching store for the layer and the API: decisions see every write at once.
+    let store = Arc::new(CachingStore::with_defaults(Arc::new(MemoryStore::new())));
+    let budget = BudgetLayer::from_arc(store.clone()).with_budget_headers(true);
 
     // Only the agent router is checked; the handler sees the decision (limits, spend).
     let agents = Router::new()

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 use tower_budget::api::{BudgetApi, TokenAuth};
 use tower_budget::period::Limits;
-use tower_budget::store::{BudgetStore, MemoryStore};
+use tower_budget::store::{BudgetStore, MemoryStore, Store};
 use tower_budget::WorkspaceId;
 
 fn runner(test: &str, cases: u32) -> TestRunner {
@@ -114,12 +114,12 @@ fn body_text() -> impl Strategy<Value = String> {
 
 struct Api {
     api: BudgetApi,
-    store: Arc<dyn BudgetStore>,
+    store: Arc<dyn Store>,
     token: String,
 }
 
 async fn api() -> Api {
-    let store: Arc<dyn BudgetStore> = Arc::new(MemoryStore::new());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let api = BudgetApi::new(store.clone(), TokenAuth::new(ADMIN, store.clone()));
     let token = {
         let r = call(

@@ -21,7 +21,9 @@ use tower_budget::layer::{
     BreakerState, BudgetDecision, BudgetLayer, FailMode, Header, UnavailableCause,
 };
 use tower_budget::period::Period;
-use tower_budget::store::{BudgetStore, Heartbeat, MemoryStore};
+use tower_budget::store::{
+    BudgetStore, CachingStore, Heartbeat, MemoryStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
+};
 
 type Body = Full<Bytes>;
 
@@ -93,7 +95,28 @@ impl Fixture {
         set_limits(&self.store, "ws-1", pairs).await;
     }
 
+    /// A layer over a caching store with the default settings, as the crate's docs build it.
     fn layer(&self) -> BudgetLayer {
+        self.cached_layer(DEFAULT_CACHE_TTL, DEFAULT_CACHE_CAPACITY)
+            .0
+    }
+
+    /// A layer over its own caching store, and that store (to write through).
+    fn cached_layer(
+        &self,
+        ttl: Duration,
+        capacity: usize,
+    ) -> (BudgetLayer, Arc<CachingStore<FaultyStore>>) {
+        let cache = Arc::new(CachingStore::new(
+            Arc::new(self.store.clone()),
+            ttl,
+            capacity,
+        ));
+        (BudgetLayer::from_arc(cache.clone()), cache)
+    }
+
+    /// A layer that asks the store on every request.
+    fn uncached_layer(&self) -> BudgetLayer {
         BudgetLayer::new(self.store.clone())
     }
 
@@ -311,8 +334,7 @@ async fn unregistered_workspaces_are_never_blocked() {
 async fn cache_hits_misses_and_invalidation_by_writes() {
     let f = Fixture::new().await;
     f.limits(&[(Period::HOURLY, Some(1_000))]).await;
-    let layer = f.layer().with_cache_ttl(Duration::from_secs(1));
-    let store = layer.store();
+    let (layer, store) = f.cached_layer(Duration::from_secs(1), DEFAULT_CACHE_CAPACITY);
     for _ in 0..5 {
         assert_eq!(
             f.send(&layer, get("/workspaces/ws-1/a2a")).await.status(),
@@ -354,13 +376,15 @@ async fn cache_hits_misses_and_invalidation_by_writes() {
         StatusCode::PAYMENT_REQUIRED
     );
 
-    // TTL 0: every request asks the store.
-    let uncached = f.layer().with_cache_ttl(Duration::ZERO);
+    // Without a caching store every request asks the store; so does one with a zero TTL.
+    let uncached = f.uncached_layer();
+    let zero = f.cached_layer(Duration::ZERO, DEFAULT_CACHE_CAPACITY).0;
     let before = f.store.status_calls();
     for _ in 0..3 {
         f.send(&uncached, get("/workspaces/ws-1/a2a")).await;
+        f.send(&zero, get("/workspaces/ws-1/a2a")).await;
     }
-    assert_eq!(f.store.status_calls(), before + 3);
+    assert_eq!(f.store.status_calls(), before + 6);
 }
 
 #[tokio::test]
@@ -399,10 +423,7 @@ async fn concurrent_misses_share_one_store_call() {
 async fn store_errors_and_timeouts_fail_open_by_default() {
     let f = Fixture::new().await;
     f.limits(&[(Period::HOURLY, Some(0))]).await;
-    let layer = f
-        .layer()
-        .with_cache_ttl(Duration::ZERO)
-        .with_breaker(0, Duration::from_secs(1));
+    let layer = f.uncached_layer().with_breaker(0, Duration::from_secs(1));
     for (mode, cause) in [
         (Mode::Failing, UnavailableCause::StoreError),
         (Mode::Hanging, UnavailableCause::Timeout),
@@ -450,10 +471,7 @@ async fn fail_closed_answers_503_json() {
 #[tokio::test(start_paused = true)]
 async fn breaker_opens_skips_the_store_probes_and_closes() {
     let f = Fixture::new().await;
-    let layer = f
-        .layer()
-        .with_cache_ttl(Duration::ZERO)
-        .with_breaker(3, Duration::from_secs(5));
+    let layer = f.uncached_layer().with_breaker(3, Duration::from_secs(5));
     f.store.set_mode(Mode::Hanging);
     for _ in 0..3 {
         assert_eq!(
@@ -627,7 +645,7 @@ async fn a_hung_store_call_does_not_hold_a_workspace_for_ever() {
 async fn the_cache_holds_at_most_its_capacity() {
     let f = Fixture::new().await;
     f.store.register(&ws("ws-2")).await.unwrap();
-    let one = f.layer().with_cache_capacity(1).unwrap();
+    let one = f.cached_layer(DEFAULT_CACHE_TTL, 1).0;
     for _ in 0..3 {
         f.send(&one, get("/workspaces/ws-1/a2a")).await;
         f.send(&one, get("/workspaces/ws-2/a2a")).await;
@@ -637,13 +655,12 @@ async fn the_cache_holds_at_most_its_capacity() {
         6,
         "capacity 1: each workspace evicts the other"
     );
-    let two = f.layer().with_cache_capacity(2).unwrap();
+    let two = f.cached_layer(DEFAULT_CACHE_TTL, 2).0;
     for _ in 0..3 {
         f.send(&two, get("/workspaces/ws-1/a2a")).await;
         f.send(&two, get("/workspaces/ws-2/a2a")).await;
     }
     assert_eq!(f.store.status_calls(), 6 + 2, "capacity 2: both stay");
-    assert!(f.layer().with_cache_capacity(0).is_err());
     assert!(f.layer().with_check_timeout(Duration::ZERO).is_err());
 }
 
@@ -651,7 +668,7 @@ async fn the_cache_holds_at_most_its_capacity() {
 /// with a DELETE or a new registration through it (the gateway's proxy falls back on it).
 #[tokio::test(start_paused = true)]
 async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
-    use tower_budget::store::{CachingStore, Registration};
+    use tower_budget::store::{Registration, Registry};
     let f = Fixture::new().await;
     let cache = CachingStore::new(Arc::new(f.store.clone()), Duration::from_secs(1), 100);
     let w = ws("ws-1");
@@ -708,7 +725,7 @@ async fn the_last_known_registration_outlives_an_outage_but_not_a_delete() {
 /// deleted URL back as the fallback.
 #[tokio::test]
 async fn a_lookup_racing_a_delete_does_not_revive_the_url() {
-    use tower_budget::store::{CachingStore, Registration};
+    use tower_budget::store::{Registration, Registry};
     let f = Fixture::new().await;
     let cache = Arc::new(CachingStore::new(
         Arc::new(f.store.clone()),
@@ -746,48 +763,22 @@ async fn a_lookup_racing_a_delete_does_not_revive_the_url() {
     );
 }
 
-/// `BudgetLayer::store` may be taken at any point of the builder chain: writes through it reach
-/// the cache the finished layer uses (it used to depend on the call order).
-#[tokio::test]
-async fn the_write_store_taken_before_the_cache_settings_still_invalidates() {
-    let f = Fixture::new().await;
-    let layer = f.layer();
-    let writes = layer.store();
-    let layer = layer
-        .with_cache_ttl(Duration::from_secs(60))
-        .with_cache_capacity(50)
-        .unwrap();
-    let send = || f.send(&layer, get("/workspaces/ws-1/a2a"));
-    assert_eq!(send().await.status(), StatusCode::OK);
-    assert_eq!(
-        send().await.status(),
-        StatusCode::OK,
-        "served from the cache"
-    );
-    set_limits(&*writes, "ws-1", &[(Period::HOURLY, Some(0))]).await;
-    assert_eq!(
-        send().await.status(),
-        StatusCode::PAYMENT_REQUIRED,
-        "the write dropped the cached answer"
-    );
-}
-
-/// Clones of a layer configured differently keep their own cache settings (they used to share
-/// one cache, and the last configured TTL applied to both).
+/// Clones of a layer configured differently keep their own settings: configuring one changes
+/// nothing in the other, nor in services made before.
 #[tokio::test(start_paused = true)]
-async fn clones_of_a_layer_keep_their_own_cache_settings() {
+async fn clones_of_a_layer_keep_their_own_settings() {
     let f = Fixture::new().await;
-    let base = f.layer();
-    let short = base.clone().with_cache_ttl(Duration::from_millis(100));
-    let _long = base.clone().with_cache_ttl(Duration::from_secs(60));
-    let send = || f.send(&short, get("/workspaces/ws-1/a2a"));
-    assert_eq!(send().await.status(), StatusCode::OK);
-    // Straight to the store, past every cache: only the TTL can bring it in.
-    f.limits(&[(Period::HOURLY, Some(0))]).await;
-    tokio::time::advance(Duration::from_millis(150)).await;
+    let open = f.uncached_layer().with_breaker(0, Duration::from_secs(1));
+    let closed = open.clone().with_fail_mode(FailMode::Closed);
+    f.store.set_mode(Mode::Failing);
     assert_eq!(
-        send().await.status(),
-        StatusCode::PAYMENT_REQUIRED,
-        "the 100 ms TTL still applies"
+        f.send(&open, get("/workspaces/ws-1/a2a")).await.status(),
+        StatusCode::OK,
+        "the original still fails open"
+    );
+    assert_eq!(
+        f.send(&closed, get("/workspaces/ws-1/a2a")).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the configured clone fails closed"
     );
 }

@@ -23,7 +23,7 @@ use tower_budget::clock::ManualClock;
 use tower_budget::layer::{BudgetDecision, BudgetLayer};
 use tower_budget::period::{LimitsPatch, Period};
 use tower_budget::store::postgres::{PgStore, PoolOptions};
-use tower_budget::store::{BudgetStore, Heartbeat, MemoryStore};
+use tower_budget::store::{BudgetStore, CachingStore, Heartbeat, MemoryStore};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -89,8 +89,8 @@ async fn pg_store(clock: &ManualClock) -> PgStore {
 async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: ManualClock) {
     constructed_ledger(&store, &clock).await;
     set_limits(&store, "ws-1", &[(Period::HOURLY, Some(1_000))]).await;
-    let layer = BudgetLayer::new(store);
-    let writes = layer.store();
+    let writes = Arc::new(CachingStore::with_defaults(Arc::new(store)));
+    let layer = BudgetLayer::from_arc(writes.clone());
     let app = axum::Router::new()
         .route(
             "/workspaces/{id}/a2a",

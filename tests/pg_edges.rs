@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tower_budget::period::{LimitsPatch, Period};
 use tower_budget::store::postgres::{deadpool_postgres, PgStore};
-use tower_budget::store::{BudgetStore, CachingStore, Heartbeat, StoreError};
+use tower_budget::store::{BudgetStore, CachingStore, Heartbeat, Registry, StoreError};
 use tower_budget::WorkspaceId;
 
 fn ws(id: &str) -> WorkspaceId {

@@ -14,7 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_budget::api::{BudgetApi, BUDGET_PAGE};
 use tower_budget::store::postgres::{migrate, PgStore, PoolOptions};
-use tower_budget::store::{BudgetStore, MemoryStore};
+use tower_budget::store::{MemoryStore, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -148,7 +148,7 @@ const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300)
 /// The Postgres store for `database_url` (migrated), else the in-process store.
 pub async fn store(
     database_url: Option<&str>,
-) -> Result<Arc<dyn BudgetStore>, Box<dyn std::error::Error>> {
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
     Ok(match database_url {
         Some(url) => {
             let pool = PoolOptions::default().build(url)?;
@@ -361,7 +361,7 @@ mod tests {
     /// request id, and one the client sent is kept.
     #[tokio::test]
     async fn a_panic_is_a_500_and_requests_carry_ids() {
-        let store: Arc<dyn BudgetStore> = Arc::new(MemoryStore::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let api = BudgetApi::new(
             store.clone(),
             tower_budget::api::TokenAuth::new("admin", store),

@@ -11,6 +11,7 @@ mod card;
 mod config;
 mod proxy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,7 +19,8 @@ use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower_budget::api::{generate_token, BudgetApi, TokenAuth};
 use tower_budget::layer::{BudgetLayer, FailMode, ResponseBody};
-use tower_budget::store::spawn_pruner;
+
+use tower_budget::store::{spawn_pruner, CachingStore, DEFAULT_CACHE_CAPACITY};
 
 use config::Config;
 use proxy::Proxy;
@@ -86,9 +88,14 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
 
-    let layer = BudgetLayer::from_arc(store.clone())
+    // One caching store for the layer, the API and the proxy: decisions see writes at once.
+    let cached = Arc::new(CachingStore::new(
+        store.clone(),
+        config.cache_ttl(),
+        DEFAULT_CACHE_CAPACITY,
+    ));
+    let layer = BudgetLayer::from_arc(cached.clone())
         .with_check_timeout(config.check_timeout())?
-        .with_cache_ttl(config.cache_ttl())
         .with_fail_mode(if config.fail_closed {
             FailMode::Closed
         } else {
@@ -96,10 +103,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_budget_headers(true)
         .with_exempt(|p| proxy::is_card_request(&p.method, p.uri.path()));
-    let writes = layer.store();
-    let api = BudgetApi::new(writes.clone(), TokenAuth::new(&admin_token, writes.clone()));
+    let api = BudgetApi::new(cached.clone(), TokenAuth::new(&admin_token, cached.clone()));
     let proxy = Proxy::new(
-        writes,
+        cached,
         public_url.clone(),
         config.upstream_timeout(),
         config.check_timeout(),

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tower_budget::layer::BudgetDecision;
-use tower_budget::store::{BudgetStore, StoreError};
+use tower_budget::store::{Registry, StoreError};
 use tower_budget::WorkspaceId;
 
 use crate::card;
@@ -32,7 +32,7 @@ pub struct Proxy {
 }
 
 struct Inner {
-    store: Arc<dyn BudgetStore>,
+    store: Arc<dyn Registry>,
     client: Client<HttpConnector, Body>,
     public_url: String,
     timeout: Duration,
@@ -69,7 +69,7 @@ impl Proxy {
     /// Proxies to the agents registered in `store` (lookups go through its cache), waiting at
     /// most `timeout` for an agent's response headers and `lookup_timeout` for the store.
     pub fn new(
-        store: Arc<dyn BudgetStore>,
+        store: Arc<dyn Registry>,
         public_url: String,
         timeout: Duration,
         lookup_timeout: Duration,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::store::{BudgetStore, StoreError, TokenHash};
+use crate::store::{Registry, StoreError, TokenHash};
 use crate::WorkspaceId;
 
 /// An authenticated caller.
@@ -48,7 +48,7 @@ pub trait Authorize: Send + Sync + 'static {
 /// looked up by hash.
 pub struct TokenAuth {
     admin: TokenHash,
-    store: Arc<dyn BudgetStore>,
+    store: Arc<dyn Registry>,
 }
 
 impl std::fmt::Debug for TokenAuth {
@@ -59,7 +59,7 @@ impl std::fmt::Debug for TokenAuth {
 
 impl TokenAuth {
     /// Admin `admin_token`; workspace tokens from `store`.
-    pub fn new(admin_token: &str, store: Arc<dyn BudgetStore>) -> Self {
+    pub fn new(admin_token: &str, store: Arc<dyn Registry>) -> Self {
         TokenAuth {
             admin: hash_token(admin_token),
             store,

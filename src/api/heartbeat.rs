@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::auth::{generate_token, hash_token};
 use super::{require_acting_for, require_admin, workspace_id, ApiError, Principal};
 use crate::response::json;
-use crate::store::{BudgetStore, Heartbeat, Registration};
+use crate::store::{BudgetStore, Heartbeat, Registration, Registry};
 use crate::WorkspaceId;
 
 /// The fields of a heartbeat the API reads, as raw JSON so that integers of any size are seen
@@ -112,7 +112,7 @@ fn agent_url(value: Option<&Value>) -> Result<String, ApiError> {
 }
 
 pub(super) async fn register(
-    store: &dyn BudgetStore,
+    store: &dyn Registry,
     principal: &Principal,
     body: &Value,
 ) -> Result<Response<Bytes>, ApiError> {

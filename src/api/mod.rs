@@ -20,10 +20,11 @@
 //! use std::sync::Arc;
 //! use tower_budget::api::{BudgetApi, TokenAuth};
 //! use tower_budget::layer::BudgetLayer;
-//! use tower_budget::store::MemoryStore;
+//! use tower_budget::store::{CachingStore, MemoryStore};
 //!
-//! let layer = BudgetLayer::new(MemoryStore::new());
-//! let store = layer.store(); // writes through the layer's cache: decisions see them at once
+//! // One caching store for the layer and the API: decisions see the API's writes at once.
+//! let store = Arc::new(CachingStore::with_defaults(Arc::new(MemoryStore::new())));
+//! let layer = BudgetLayer::from_arc(store.clone());
 //! let api = BudgetApi::new(store.clone(), TokenAuth::new("admin-secret", store));
 //! let app: axum::Router = axum::Router::new().fallback_service(api);
 //! # drop(app);
@@ -46,7 +47,7 @@ use tower_service::Service;
 
 pub use auth::{generate_token, hash_token, Authorize, Principal, TokenAuth};
 
-use crate::store::{BudgetStore, StoreError};
+use crate::store::{Store, StoreError};
 use crate::WorkspaceId;
 
 /// The largest JSON body the API reads.
@@ -70,7 +71,7 @@ pub struct BudgetApi {
 
 #[derive(Clone)]
 struct Inner {
-    store: Arc<dyn BudgetStore>,
+    store: Arc<dyn Store>,
     auth: Arc<dyn Authorize>,
     store_timeout: Duration,
 }
@@ -82,10 +83,10 @@ impl std::fmt::Debug for BudgetApi {
 }
 
 impl BudgetApi {
-    /// The API over `store`, authorizing with `auth`. Pass the store of the
-    /// [`BudgetLayer`](crate::layer::BudgetLayer) (`layer.store()`) so that its decisions see
-    /// writes at once.
-    pub fn new(store: Arc<dyn BudgetStore>, auth: impl Authorize) -> Self {
+    /// The API over `store`, authorizing with `auth`. Pass the store the
+    /// [`BudgetLayer`](crate::layer::BudgetLayer) asks (the same
+    /// [`CachingStore`](crate::store::CachingStore)) so that its decisions see writes at once.
+    pub fn new(store: Arc<dyn Store>, auth: impl Authorize) -> Self {
         BudgetApi {
             inner: Arc::new(Inner {
                 store,

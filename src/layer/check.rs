@@ -10,32 +10,24 @@ use http::request::Parts;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerState};
-use super::decision::{render_budget_headers, Blocked, BudgetDecision, Rendered, UnavailableCause};
-use super::front;
+use super::decision::{
+    render_budget_headers, Blocked, BudgetDecision, HeaderValues, UnavailableCause,
+};
 use super::layer::FailMode;
 use super::resolve::ResolveWorkspace;
 use super::telemetry::LayerMetrics;
 use crate::period::Limits;
-use crate::store::{BudgetStatus, BudgetStore, CachingStore, StoreError};
+use crate::store::{BudgetStatus, BudgetStore, StoreError};
 use crate::WorkspaceId;
 
 pub(super) type Exempt = dyn Fn(&Parts) -> bool + Send + Sync;
 
 #[derive(Clone)]
-/// What every service of one layer shares: the stores, the settings, the breaker. Cheap to
+/// What every service of one layer shares: the store, the settings, the breaker. Cheap to
 /// clone behind its `Arc`; the builder clones it on write.
 pub(crate) struct Checker {
-    /// What checks ask: the caching store, or `raw` when the cache is off.
+    /// What checks ask, as the layer was given it (a `CachingStore` for a decision cache).
     pub(super) store: Arc<dyn BudgetStore>,
-    /// The caching store, when the cache is on (the same one as `store`).
-    pub(super) cache: Option<Arc<CachingStore<dyn BudgetStore>>>,
-    pub(super) raw: Arc<dyn BudgetStore>,
-    /// The layer's caching store, made once with the layer: what `BudgetLayer::store` hands out
-    /// for writes and registration lookups. With the cache off (TTL zero) it serves no answer
-    /// but still coalesces concurrent lookups and keeps the last known registration.
-    pub(super) caching: Arc<CachingStore<dyn BudgetStore>>,
-    pub(super) cache_ttl: Duration,
-    pub(super) cache_capacity: usize,
     pub(super) resolver: Arc<dyn ResolveWorkspace>,
     pub(super) exempt: Option<Arc<Exempt>>,
     pub(super) timeout: Duration,
@@ -47,18 +39,6 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    /// Applies the cache settings to the layer's one caching store (made with the layer): the
-    /// checks use it while the TTL is above zero, and writes always go through it.
-    pub(super) fn configure_cache(&mut self) {
-        self.caching
-            .reconfigure(self.cache_ttl, self.cache_capacity);
-        self.cache = (!self.cache_ttl.is_zero()).then(|| self.caching.clone());
-        self.store = match &self.cache {
-            Some(cache) => cache.clone(),
-            None => self.raw.clone(),
-        };
-    }
-
     /// The check: status within the timeout; on a refusal, the retry-after lookup within a
     /// second timeout (without it the refusal stands, only without `Retry-After`).
     pub(crate) async fn decide(self: Arc<Self>, workspace: WorkspaceId) -> BudgetDecision {
@@ -73,7 +53,7 @@ impl Checker {
     }
 
     /// The budget headers for `decision` when it is allowed and they are on.
-    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> Rendered {
+    pub(crate) fn headers_for(&self, decision: &BudgetDecision) -> HeaderValues {
         match decision {
             BudgetDecision::Allowed { status, .. } => self.headers_for_status(status),
             _ => None,
@@ -81,7 +61,7 @@ impl Checker {
     }
 
     /// The budget headers for `status` when it allows requests and they are on.
-    fn headers_for_status(&self, status: &BudgetStatus) -> Rendered {
+    fn headers_for_status(&self, status: &BudgetStatus) -> HeaderValues {
         if self.budget_headers && !status.is_exceeded() {
             render_budget_headers(status)
         } else {
@@ -95,23 +75,14 @@ impl Checker {
     pub(crate) fn decide_from_cache(
         &self,
         workspace: WorkspaceId,
-    ) -> Result<(BudgetDecision, Rendered), WorkspaceId> {
-        let cached = match &self.cache {
-            Some(cache) => front::cached_status(cache, &workspace, self.budget_headers),
-            // No cache of ours: the store may still have an answer at hand.
-            None => match self.store.status_now(&workspace) {
-                Some(Ok(status)) => Some((Some(status), self.headers_for_status(&status))),
-                Some(Err(StoreError::NotFound)) => Some((None, None)),
-                _ => None,
-            },
-        };
-        let Some((status, headers)) = cached else {
-            return Err(workspace);
-        };
-        let decision = match status {
-            Some(status) if !status.is_exceeded() => BudgetDecision::Allowed { workspace, status },
-            None => BudgetDecision::Unregistered { workspace },
-            Some(_) => return Err(workspace),
+    ) -> Result<(BudgetDecision, HeaderValues), WorkspaceId> {
+        let (decision, headers) = match self.store.status_now(&workspace) {
+            Some(Ok(status)) if !status.is_exceeded() => (
+                BudgetDecision::Allowed { workspace, status },
+                self.headers_for_status(&status),
+            ),
+            Some(Err(StoreError::NotFound)) => (BudgetDecision::Unregistered { workspace }, None),
+            _ => return Err(workspace),
         };
         // Not timed: the histogram describes checks that wait for the store.
         LayerMetrics::get().record(&decision);

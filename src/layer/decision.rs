@@ -212,18 +212,17 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// ```
 ///
 /// `RateLimit` names the period with the least remaining. Nothing is added without limits.
-pub(crate) fn insert_budget_headers(rendered: Rendered, headers: &mut HeaderMap) {
-    if let Some((policy, current)) = rendered {
+pub(crate) fn insert_budget_headers(values: HeaderValues, headers: &mut HeaderMap) {
+    if let Some((policy, current)) = values {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), current);
     }
 }
 
-/// Budget header values (`RateLimit-Policy`, `RateLimit`), `None` without limits. Rendered once
-/// per cached status and thread (see the layer's front cache), cloned for each response.
-pub(crate) type Rendered = Option<(HeaderValue, HeaderValue)>;
+/// Budget header values (`RateLimit-Policy`, `RateLimit`), `None` without limits.
+pub(crate) type HeaderValues = Option<(HeaderValue, HeaderValue)>;
 
-pub(crate) fn render_budget_headers(status: &BudgetStatus) -> Rendered {
+pub(crate) fn render_budget_headers(status: &BudgetStatus) -> HeaderValues {
     let mut numbers = itoa::Buffer::new();
     let mut policy = String::with_capacity(96);
     let mut tightest: Option<(Period, i64)> = None;

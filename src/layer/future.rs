@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::check::Checker;
-use super::decision::{insert_budget_headers, payment_required, BudgetDecision, Rendered};
+use super::decision::{insert_budget_headers, payment_required, BudgetDecision, HeaderValues};
 
 pin_project! {
     /// Response future of [`BudgetService`](super::BudgetService).
@@ -42,7 +42,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             // The budget headers, when they are on.
-            headers: Rendered,
+            headers: HeaderValues,
         },
         Responding {
             response: Option<Response<Bytes>>,
@@ -67,7 +67,7 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
         }
     }
 
-    pub(crate) fn allowed(future: S::Future, headers: Rendered) -> Self {
+    pub(crate) fn allowed(future: S::Future, headers: HeaderValues) -> Self {
         ResponseFuture {
             state: State::Calling { future, headers },
         }

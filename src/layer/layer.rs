@@ -10,7 +10,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::check::{Checker, WarnLimiter};
 use super::resolve::{PathSegment, ResolveWorkspace};
 use super::service::BudgetService;
-use crate::store::{BudgetStore, CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
+use crate::store::BudgetStore;
 
 /// Default bound on one budget check.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
@@ -38,29 +38,31 @@ pub enum ConfigError {
     /// The check timeout must be above zero.
     #[error("check timeout must be greater than zero")]
     ZeroTimeout,
-    /// The cache capacity must be above zero (turn the cache off with a zero TTL instead).
-    #[error("cache capacity must be greater than zero")]
-    ZeroCapacity,
 }
 
 /// Applies budget enforcement to a service: see the [module docs](super).
 ///
+/// The layer asks the store it is given. For a decision cache, give it a [`CachingStore`] and
+/// write limits and heartbeats through that same one: its decisions then see the writes at once.
+///
 /// ```
+/// use std::sync::Arc;
 /// use std::time::Duration;
 /// use tower_budget::layer::{BudgetLayer, FailMode, Header};
-/// use tower_budget::store::MemoryStore;
+/// use tower_budget::store::{CachingStore, MemoryStore};
 ///
-/// let layer = BudgetLayer::new(MemoryStore::new())
+/// let store = Arc::new(CachingStore::with_defaults(Arc::new(MemoryStore::new())));
+/// let layer = BudgetLayer::from_arc(store.clone())
 ///     .with_resolver(Header::new(http::HeaderName::from_static("x-workspace-id")))
 ///     .with_check_timeout(Duration::from_millis(30))?
 ///     .with_fail_mode(FailMode::Closed)
-///     .with_cache_ttl(Duration::from_millis(500))
 ///     .with_budget_headers(true);
-/// // Limits, heartbeats and registrations written through this store are enforced at once.
-/// let store = layer.store();
-/// # drop(store);
+/// // Limits, heartbeats and registrations written through `store` are enforced at once.
+/// # drop((store, layer));
 /// # Ok::<(), tower_budget::layer::ConfigError>(())
 /// ```
+///
+/// [`CachingStore`]: crate::store::CachingStore
 #[derive(Clone)]
 #[must_use]
 pub struct BudgetLayer {
@@ -73,8 +75,6 @@ impl std::fmt::Debug for BudgetLayer {
         f.debug_struct("BudgetLayer")
             .field("check_timeout", &s.timeout)
             .field("fail_mode", &s.fail_mode)
-            .field("cache_ttl", &s.cache_ttl)
-            .field("cache_capacity", &s.cache_capacity)
             .field("breaker", &s.breaker_settings)
             .field("budget_headers", &s.budget_headers)
             .finish_non_exhaustive()
@@ -82,8 +82,9 @@ impl std::fmt::Debug for BudgetLayer {
 }
 
 impl BudgetLayer {
-    /// Enforces the budgets in `store`, with the defaults: workspace from `/workspaces/{id}/…`,
-    /// 50 ms check timeout, fail-open, 1 s decision cache for 10,000 workspaces, breaker after 5
+    /// Enforces the budgets in `store`, asking it on every request (wrap it in a
+    /// [`CachingStore`](crate::store::CachingStore) for a decision cache), with the defaults:
+    /// workspace from `/workspaces/{id}/…`, 50 ms check timeout, fail-open, breaker after 5
     /// consecutive failures for 5 s, no budget headers, nothing exempt.
     pub fn new(store: impl BudgetStore) -> Self {
         Self::from_arc(Arc::new(store))
@@ -91,17 +92,8 @@ impl BudgetLayer {
 
     /// Like [`new`](Self::new), for a store that is already shared.
     pub fn from_arc(store: Arc<dyn BudgetStore>) -> Self {
-        let mut checker = Checker {
-            store: store.clone(),
-            cache: None,
-            caching: Arc::new(CachingStore::new(
-                store.clone(),
-                DEFAULT_CACHE_TTL,
-                DEFAULT_CACHE_CAPACITY,
-            )),
-            raw: store,
-            cache_ttl: DEFAULT_CACHE_TTL,
-            cache_capacity: DEFAULT_CACHE_CAPACITY,
+        let checker = Checker {
+            store,
             resolver: Arc::new(PathSegment::default()),
             exempt: None,
             timeout: DEFAULT_CHECK_TIMEOUT,
@@ -114,26 +106,14 @@ impl BudgetLayer {
             budget_headers: false,
             warn: Arc::new(WarnLimiter::new(DEFAULT_WARN_INTERVAL)),
         };
-        checker.configure_cache();
         BudgetLayer {
             checker: Arc::new(checker),
         }
     }
 
+    /// Settings change this layer only: a clone (or services it already made) keeps its own.
     fn update(mut self, f: impl FnOnce(&mut Checker)) -> Self {
-        // A clone of a layer (or of one already wrapping services) being configured gets its
-        // own cache: settings never leak between layers through a shared one.
-        let shared = Arc::strong_count(&self.checker) > 1;
-        let checker = Arc::make_mut(&mut self.checker);
-        if shared {
-            checker.caching = Arc::new(CachingStore::new(
-                checker.raw.clone(),
-                checker.cache_ttl,
-                checker.cache_capacity,
-            ));
-            checker.configure_cache();
-        }
-        f(checker);
+        f(Arc::make_mut(&mut self.checker));
         self
     }
 
@@ -156,28 +136,6 @@ impl BudgetLayer {
     /// Fail open (default) or closed when the store cannot answer.
     pub fn with_fail_mode(self, mode: FailMode) -> Self {
         self.update(|s| s.fail_mode = mode)
-    }
-
-    /// How long a decision is served from the cache (default 1 s; zero turns the cache off).
-    pub fn with_cache_ttl(self, ttl: Duration) -> Self {
-        self.update(|s| {
-            s.cache_ttl = ttl;
-            s.configure_cache();
-        })
-    }
-
-    /// How many workspaces the cache holds at most (default 10,000).
-    ///
-    /// # Errors
-    /// [`ConfigError::ZeroCapacity`] for zero.
-    pub fn with_cache_capacity(self, capacity: usize) -> Result<Self, ConfigError> {
-        if capacity == 0 {
-            return Err(ConfigError::ZeroCapacity);
-        }
-        Ok(self.update(|s| {
-            s.cache_capacity = capacity;
-            s.configure_cache();
-        }))
     }
 
     /// Opens the breaker after `threshold` consecutive failures (0 turns it off), for
@@ -204,15 +162,6 @@ impl BudgetLayer {
     /// between are counted and the count is logged with the next one.
     pub fn with_warn_interval(self, interval: Duration) -> Self {
         self.update(|s| s.warn = Arc::new(WarnLimiter::new(interval)))
-    }
-
-    /// The store to write through (budget API, heartbeats) so that this layer sees the writes
-    /// at once: the layer's caching store, made with the layer — take it at any point of the
-    /// builder chain; the cache settings reconfigure that same store. (A clone of the layer that
-    /// is configured further gets a cache of its own; take its store from it.) With the cache
-    /// off it serves no answers but keeps the last known registration.
-    pub fn store(&self) -> Arc<dyn BudgetStore> {
-        self.checker.caching.clone()
     }
 
     /// The breaker's current state.

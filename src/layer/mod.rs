@@ -7,8 +7,10 @@
 //!    `/workspaces/{id}/…` —, a header, a request extension or a closure). No workspace: the
 //!    request passes through untouched. An invalid id (see [`WorkspaceId`](crate::WorkspaceId)):
 //!    `400`, before any store call;
-//! 2. asks the store for the workspace's status (through a decision cache: 1 s TTL by default,
-//!    concurrent misses coalesced into one store call), bounded by the check timeout (50 ms);
+//! 2. asks the store it was given for the workspace's status — give it a
+//!    [`CachingStore`](crate::store::CachingStore) for a decision cache (1 s TTL by default,
+//!    concurrent misses coalesced into one store call, a fresh answer served without any await)
+//!    —, bounded by the check timeout (50 ms);
 //! 3. refuses with `402 Payment Required` when any period's spend has reached its limit:
 //!
 //!    ```text
@@ -67,12 +69,14 @@
 //! # Example: axum
 //!
 //! ```
+//! use std::sync::Arc;
 //! use axum::{routing::post, Router};
 //! use tower_budget::layer::BudgetLayer;
-//! use tower_budget::store::MemoryStore;
+//! use tower_budget::store::{CachingStore, MemoryStore};
 //!
-//! let layer = BudgetLayer::new(MemoryStore::new()).with_budget_headers(true);
-//! let store = layer.store(); // write limits and heartbeats through this one
+//! // Write limits and heartbeats through `store`: the layer's decisions see them at once.
+//! let store = Arc::new(CachingStore::with_defaults(Arc::new(MemoryStore::new())));
+//! let layer = BudgetLayer::from_arc(store.clone()).with_budget_headers(true);
 //! let app: Router = Router::new()
 //!     .route("/workspaces/{id}/a2a", post(|| async { "agent answer" }))
 //!     .layer(layer);
@@ -114,7 +118,6 @@ mod body;
 mod breaker;
 mod check;
 mod decision;
-mod front;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;

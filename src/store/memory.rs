@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError,
-    TokenHash,
+    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry,
+    StoreError, TokenHash,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
@@ -127,40 +127,6 @@ impl BudgetStore for MemoryStore {
         Ok(())
     }
 
-    async fn register_agent(
-        &self,
-        workspace: &WorkspaceId,
-        registration: &Registration,
-    ) -> Result<(), StoreError> {
-        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        let ws = {
-            let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
-            map.entry(workspace.clone()).or_default().clone()
-        };
-        let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = ws.registration.token_hash.take() {
-            tokens.remove(&old);
-        }
-        if let Some(new) = registration.token_hash {
-            tokens.insert(new, workspace.clone());
-        }
-        ws.registration = registration.clone();
-        ws.removed = false;
-        Ok(())
-    }
-
-    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        self.with_live(workspace, |ws| Ok(ws.registration.clone()))
-    }
-
-    async fn workspace_for_token(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<WorkspaceId>, StoreError> {
-        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-        Ok(tokens.get(token_hash).cloned())
-    }
-
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         self.with_live(workspace, |ws| {
             ws.removed = true;
@@ -275,6 +241,43 @@ impl BudgetStore for MemoryStore {
                     .prune(cutoff)
             })
             .sum())
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryStore {
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let ws = {
+            let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(workspace.clone()).or_default().clone()
+        };
+        let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = ws.registration.token_hash.take() {
+            tokens.remove(&old);
+        }
+        if let Some(new) = registration.token_hash {
+            tokens.insert(new, workspace.clone());
+        }
+        ws.registration = registration.clone();
+        ws.removed = false;
+        Ok(())
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        self.with_live(workspace, |ws| Ok(ws.registration.clone()))
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        Ok(tokens.get(token_hash).cloned())
     }
 }
 

@@ -1,6 +1,7 @@
-//! Budget storage: the [`BudgetStore`] trait, the types it speaks, and its implementations —
-//! [`MemoryStore`] (in-process, the zero-setup default) and, with the `postgres` feature,
-//! [`postgres::PgStore`].
+//! Budget storage: the [`BudgetStore`] trait (limits and spend) and the [`Registry`] trait
+//! (agents and their tokens), the types they speak, and their implementations — [`MemoryStore`]
+//! (in-process, the zero-setup default), with the `postgres` feature [`postgres::PgStore`], and
+//! [`CachingStore`] in front of either.
 //!
 //! # The ledger
 //!
@@ -24,10 +25,11 @@ mod cache;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod registry;
 
-pub(crate) use cache::CacheMetrics;
 pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES_PER_WORKSPACE};
+pub use registry::{Registration, Registry, Store, TokenHash};
 
 /// The largest cumulative report accepted: $10 B in cents. Larger reports are clamped to it.
 pub const MAX_REPORTED_CENTS: i64 = 1_000_000_000_000;
@@ -122,37 +124,6 @@ impl Heartbeat {
     }
 }
 
-/// A SHA-256 hash of a workspace's bearer token: stores keep only this, never the token.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash([u8; 32]);
-
-impl TokenHash {
-    /// The hash from its 32 bytes (as a store reads them back).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        TokenHash(bytes)
-    }
-
-    /// The 32 bytes to store.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenHash(…)")
-    }
-}
-
-/// What a gateway keeps about a workspace besides its budget.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Registration {
-    /// Where the workspace's agent listens (`http://127.0.0.1:9901`), if known.
-    pub agent_url: Option<String>,
-    /// The hash of the workspace's bearer token, if it has one.
-    pub token_hash: Option<TokenHash>,
-}
-
 /// What a heartbeat did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct HeartbeatOutcome {
@@ -198,45 +169,21 @@ impl StoreError {
     }
 }
 
-/// Storage of limits and spend for many workspaces.
+/// Storage of limits and spend for many workspaces: what the [`BudgetLayer`] asks and the budget
+/// API writes. The agents' registry and their tokens are the other half, [`Registry`]; a type
+/// that implements both is a [`Store`].
 ///
 /// Implementations must make [`record_heartbeat`](Self::record_heartbeat) and
 /// [`patch_limits`](Self::patch_limits) atomic per workspace, and
 /// [`status`](Self::status) exact over the trailing windows. The crate's conformance suite
 /// (`tests/common/conformance.rs`) states the contract as tests; run it against a new store.
+///
+/// [`BudgetLayer`]: crate::layer::BudgetLayer
 #[async_trait]
 pub trait BudgetStore: Send + Sync + 'static {
     /// Registers `workspace`, or brings a removed one back. Limits, ledger, previous report and
     /// `seq` of a known workspace are kept.
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError>;
-
-    /// Registers `workspace` (or brings a removed one back) with `registration`, replacing the
-    /// previous agent URL and token hash in one step: the old token stops working at once.
-    /// Limits, ledger, previous report and `seq` are kept.
-    async fn register_agent(
-        &self,
-        workspace: &WorkspaceId,
-        registration: &Registration,
-    ) -> Result<(), StoreError>;
-
-    /// The workspace's registration; [`StoreError::NotFound`] when unknown or removed.
-    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError>;
-
-    /// The last registration this store answered for `workspace`, kept for when it cannot
-    /// answer in time (the gateway's proxy uses it). Stores that cache keep it and drop it with
-    /// the workspace's other entries (writes through them, "unknown" answers); the default keeps
-    /// nothing.
-    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
-        let _ = workspace;
-        None
-    }
-
-    /// The workspace whose token has this hash, removed ones included (their callers get 404,
-    /// not 403).
-    async fn workspace_for_token(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<WorkspaceId>, StoreError>;
 
     /// Marks `workspace` removed: from then on it is [`StoreError::NotFound`] until registered
     /// again. Removing an unknown or removed workspace is `NotFound`.
@@ -296,25 +243,6 @@ pub trait BudgetStore: Send + Sync + 'static {
 impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         (**self).register(workspace).await
-    }
-    async fn register_agent(
-        &self,
-        workspace: &WorkspaceId,
-        registration: &Registration,
-    ) -> Result<(), StoreError> {
-        (**self).register_agent(workspace, registration).await
-    }
-    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        (**self).registration(workspace).await
-    }
-    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
-        (**self).last_known_registration(workspace)
-    }
-    async fn workspace_for_token(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<WorkspaceId>, StoreError> {
-        (**self).workspace_for_token(token_hash).await
     }
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         (**self).remove(workspace).await

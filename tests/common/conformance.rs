@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use tower_budget::clock::ManualClock;
 use tower_budget::period::{Limits, LimitsPatch, Period};
 use tower_budget::store::{
-    BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+    BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Store, StoreError, TokenHash,
     MAX_REPORTED_CENTS,
 };
 use tower_budget::WorkspaceId;
@@ -472,7 +472,7 @@ pub async fn list_pages_in_id_order<S: BudgetStore>(store: S, _clock: ManualCloc
         .is_empty());
 }
 
-pub async fn registration_and_token_rotation<S: BudgetStore>(store: S, _clock: ManualClock) {
+pub async fn registration_and_token_rotation<S: Store>(store: S, _clock: ManualClock) {
     let w = ws("ws-1");
     let first = Registration {
         agent_url: Some("http://127.0.0.1:9901".into()),

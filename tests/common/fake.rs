@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tower_budget::period::{Limits, LimitsPatch, PerPeriod};
 use tower_budget::store::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, Registration, StoreError,
-    TokenHash,
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, Registration, Registry,
+    StoreError, TokenHash,
 };
 use tower_budget::WorkspaceId;
 
@@ -78,22 +78,6 @@ impl BudgetStore for FaultyStore {
     async fn register(&self, w: &WorkspaceId) -> Result<(), StoreError> {
         self.inner.register(w).await
     }
-    async fn register_agent(&self, w: &WorkspaceId, r: &Registration) -> Result<(), StoreError> {
-        self.inner.register_agent(w, r).await
-    }
-    async fn registration(&self, w: &WorkspaceId) -> Result<Registration, StoreError> {
-        self.fault().await?;
-        let answer = self.inner.registration(w).await;
-        // Held after the answer is read, so a test can deliver it late.
-        let gate = self.gate.lock().unwrap().clone();
-        if let Some(gate) = gate {
-            gate.acquire().await.unwrap().forget();
-        }
-        answer
-    }
-    async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {
-        self.inner.workspace_for_token(h).await
-    }
     async fn remove(&self, w: &WorkspaceId) -> Result<(), StoreError> {
         self.inner.remove(w).await
     }
@@ -136,5 +120,27 @@ impl BudgetStore for FaultyStore {
     }
     async fn prune(&self) -> Result<u64, StoreError> {
         self.inner.prune().await
+    }
+}
+
+#[async_trait]
+impl Registry for FaultyStore {
+    async fn register_agent(&self, w: &WorkspaceId, r: &Registration) -> Result<(), StoreError> {
+        self.inner.register_agent(w, r).await
+    }
+
+    async fn registration(&self, w: &WorkspaceId) -> Result<Registration, StoreError> {
+        self.fault().await?;
+        let answer = self.inner.registration(w).await;
+        // Held after the answer is read, so a test can deliver it late.
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        answer
+    }
+
+    async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {
+        self.inner.workspace_for_token(h).await
     }
 }

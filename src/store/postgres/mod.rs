@@ -34,7 +34,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry, StoreError,
+    TokenHash,
 };
 use crate::clock::Clock;
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
@@ -327,51 +328,6 @@ impl BudgetStore for PgStore {
         Ok(())
     }
 
-    async fn register_agent(
-        &self,
-        workspace: &WorkspaceId,
-        registration: &Registration,
-    ) -> Result<(), StoreError> {
-        let hash = registration.token_hash.map(|h| h.as_bytes().to_vec());
-        self.execute(
-            sql::REGISTER_AGENT,
-            vec![
-                Box::new(workspace.to_string()),
-                Box::new(registration.agent_url.clone()),
-                Box::new(hash),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        let row = self
-            .query_opt(&sql::REGISTRATION, vec![Box::new(workspace.to_string())])
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let hash: Option<Vec<u8>> = row.get(1);
-        Ok(Registration {
-            agent_url: row.get(0),
-            token_hash: hash
-                .and_then(|h| h.try_into().ok())
-                .map(TokenHash::from_bytes),
-        })
-    }
-
-    async fn workspace_for_token(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<WorkspaceId>, StoreError> {
-        let row = self
-            .query_opt(
-                sql::WORKSPACE_FOR_TOKEN,
-                vec![Box::new(token_hash.as_bytes().to_vec())],
-            )
-            .await?;
-        Ok(row.and_then(|r| WorkspaceId::new(r.get(0)).ok()))
-    }
-
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         let changed = self
             .execute(
@@ -560,5 +516,53 @@ impl BudgetStore for PgStore {
                 None => return Ok(pruned),
             }
         }
+    }
+}
+
+#[async_trait]
+impl Registry for PgStore {
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        let hash = registration.token_hash.map(|h| h.as_bytes().to_vec());
+        self.execute(
+            sql::REGISTER_AGENT,
+            vec![
+                Box::new(workspace.to_string()),
+                Box::new(registration.agent_url.clone()),
+                Box::new(hash),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        let row = self
+            .query_opt(&sql::REGISTRATION, vec![Box::new(workspace.to_string())])
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let hash: Option<Vec<u8>> = row.get(1);
+        Ok(Registration {
+            agent_url: row.get(0),
+            token_hash: hash
+                .and_then(|h| h.try_into().ok())
+                .map(TokenHash::from_bytes),
+        })
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        let row = self
+            .query_opt(
+                sql::WORKSPACE_FOR_TOKEN,
+                vec![Box::new(token_hash.as_bytes().to_vec())],
+            )
+            .await?;
+        Ok(row.and_then(|r| WorkspaceId::new(r.get(0)).ok()))
     }
 }

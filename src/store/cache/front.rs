@@ -1,13 +1,13 @@
-//! A per-thread front for the decision cache: the request path's hit touches nothing another
+//! The caching store's per-thread front: a hit on the request path touches nothing another
 //! thread writes.
 //!
 //! The [`CachingStore`] is shared by every worker thread; even a read of it takes its lock, and
 //! under load the lock's cache line moves between cores on every request. Each thread therefore
-//! keeps a small direct-mapped table of the entries it has read, with the budget headers
-//! rendered once. An entry is served while its TTL runs and while the shared entry it was copied
-//! from is still the workspace's entry: a write through the store (PATCH, heartbeat) or an
-//! eviction clears the entry's `current` flag, which the front reads without a lock. So the front
-//! changes nothing a caller can see: same answers, same staleness, same metrics.
+//! keeps a small direct-mapped table of the status entries it has read. An entry is served while
+//! its TTL runs and while the shared entry it was copied from is still the workspace's entry: a
+//! write through the store (PATCH, heartbeat) or an eviction clears the entry's `current` flag,
+//! which the front reads without a lock. So the front changes nothing a caller can see: same
+//! answers, same staleness, same metrics.
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
@@ -16,15 +16,14 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::decision::{render_budget_headers, Rendered};
-use crate::store::CacheMetrics;
-use crate::store::{BudgetStatus, BudgetStore, CachingStore};
+use super::{CacheMetrics, CachingStore};
+use crate::store::BudgetStatus;
 use crate::WorkspaceId;
 
 /// Entries per thread. A collision only sends the request to the shared cache, which refills
 /// the slot; a hash an attacker could aim costs them nothing but that. Entries are boxed, so an
 /// unused slot costs a pointer (8 KiB a thread) and memory grows with the workspaces a thread
-/// actually serves, up to ~300 KiB.
+/// actually serves.
 const SLOTS: usize = 1024;
 
 thread_local! {
@@ -39,61 +38,47 @@ struct Entry {
     status: Option<BudgetStatus>,
     expires: Instant,
     current: Arc<AtomicBool>,
-    /// Rendered at the first request that wants them.
-    headers: Option<Rendered>,
 }
 
-/// The cached status of `workspace` when fresh (`Some(None)`: unknown to the store), with its
-/// budget headers when `headers` is true.
-pub(crate) fn cached_status(
-    cache: &CachingStore<dyn BudgetStore>,
+/// The cached status of `workspace` when fresh (`Some(None)`: unknown to the store).
+pub(super) fn status<S: ?Sized>(
+    cache: &CachingStore<S>,
     workspace: &WorkspaceId,
-    headers: bool,
-) -> Option<(Option<BudgetStatus>, Rendered)> {
+) -> Option<Option<BudgetStatus>> {
     FRONT
         .try_with(|front| {
             let mut front = front.borrow_mut();
             if front.is_empty() {
                 front.resize_with(SLOTS, || None);
             }
-            let id = cache.id();
+            let id = cache.id;
             let slot = &mut front[index(id, workspace)];
             let now = Instant::now();
-            let fresh = slot.as_ref().is_some_and(|e| {
+            if let Some(e) = slot.as_ref().filter(|e| {
                 e.cache == id
                     && e.workspace == *workspace
                     && now < e.expires
                     && e.current.load(Ordering::Acquire)
-            });
-            if fresh {
+            }) {
                 CacheMetrics::get().hit.increment(1);
-            } else {
-                let peeked = cache.peek_status(workspace)?;
-                let entry = Entry {
-                    cache: id,
-                    workspace: workspace.clone(),
-                    status: peeked.status,
-                    expires: peeked.expires,
-                    current: peeked.current,
-                    headers: None,
-                };
-                match slot {
-                    Some(boxed) => **boxed = entry,
-                    None => *slot = Some(Box::new(entry)),
-                }
+                return Some(e.status);
             }
-            let entry = slot.as_mut()?;
-            let rendered = match &entry.status {
-                Some(status) if headers => entry
-                    .headers
-                    .get_or_insert_with(|| render_budget_headers(status))
-                    .clone(),
-                _ => None,
+            let peeked = cache.peek_status(workspace)?;
+            let entry = Entry {
+                cache: id,
+                workspace: workspace.clone(),
+                status: peeked.status,
+                expires: peeked.expires,
+                current: peeked.current,
             };
-            Some((entry.status, rendered))
+            match slot {
+                Some(boxed) => **boxed = entry,
+                None => *slot = Some(Box::new(entry)),
+            }
+            Some(peeked.status)
         })
-        // Thread teardown: no front; the full check asks the shared cache.
-        .unwrap_or(None)
+        // Thread teardown: no front; the caller asks the shared cache.
+        .unwrap_or_else(|_| cache.peek_status(workspace).map(|p| p.status))
 }
 
 fn index(cache: u64, workspace: &WorkspaceId) -> usize {
@@ -108,7 +93,7 @@ mod tests {
 
     use super::*;
     use crate::period::{LimitsPatch, Period};
-    use crate::store::MemoryStore;
+    use crate::store::{BudgetStore, MemoryStore};
 
     async fn cache_with(
         workspaces: &[(&str, i64)],
@@ -132,12 +117,9 @@ mod tests {
         cache.patch_limits(ws, &patch).await.unwrap();
     }
 
-    /// The hourly limit and the `RateLimit-Policy` header the front serves for `ws`.
-    fn served(cache: &CachingStore<dyn BudgetStore>, ws: &WorkspaceId) -> Option<(i64, String)> {
-        let (status, headers) = cached_status(cache, ws, true)?;
-        let limit = status?.limits.get(Period::HOURLY)?;
-        let (policy, _) = headers?;
-        Some((limit, policy.to_str().unwrap().to_owned()))
+    /// The hourly limit the front serves for `ws`.
+    fn served(cache: &CachingStore<dyn BudgetStore>, ws: &WorkspaceId) -> Option<i64> {
+        status(cache, ws)??.limits.get(Period::HOURLY)
     }
 
     #[tokio::test]
@@ -147,7 +129,7 @@ mod tests {
         assert_eq!(served(&cache, &ws), None, "nothing loaded yet");
         cache.status(&ws).await.unwrap();
         let first = served(&cache, &ws).expect("loaded");
-        assert_eq!(first, (1000, r#""hourly";q=1000;w=3600"#.to_owned()));
+        assert_eq!(first, 1000);
         assert_eq!(
             served(&cache, &ws),
             Some(first),
@@ -161,11 +143,7 @@ mod tests {
             "the copy of the old entry is not served"
         );
         cache.status(&ws).await.unwrap();
-        assert_eq!(
-            served(&cache, &ws),
-            Some((2000, r#""hourly";q=2000;w=3600"#.to_owned())),
-            "headers rendered for the new status"
-        );
+        assert_eq!(served(&cache, &ws), Some(2000), "the new status");
     }
 
     #[tokio::test]
@@ -182,9 +160,9 @@ mod tests {
             let (cache, ws) = (cache.clone(), ws.clone());
             move || {
                 // Fills this thread's front, then reads again once the other thread has written.
-                to_main.send(served(&cache, &ws).map(|s| s.0)).unwrap();
+                to_main.send(served(&cache, &ws)).unwrap();
                 reader_rx.recv_timeout(DEADLINE).unwrap();
-                to_main.send(served(&cache, &ws).map(|s| s.0)).unwrap();
+                to_main.send(served(&cache, &ws)).unwrap();
             }
         });
         assert_eq!(
@@ -210,10 +188,10 @@ mod tests {
         );
         let cache = cache_with(&[("ws-a", 100), ("ws-b", 200)], Duration::from_secs(60), 1).await;
         cache.status(&a).await.unwrap();
-        assert_eq!(served(&cache, &a).map(|s| s.0), Some(100));
+        assert_eq!(served(&cache, &a), Some(100));
         cache.status(&b).await.unwrap(); // capacity 1: evicts a
         assert_eq!(served(&cache, &a), None);
-        assert_eq!(served(&cache, &b).map(|s| s.0), Some(200));
+        assert_eq!(served(&cache, &b), Some(200));
     }
 
     #[tokio::test(start_paused = true)]
@@ -236,27 +214,17 @@ mod tests {
         one.status(&ws).await.unwrap();
         two.status(&ws).await.unwrap();
         for _ in 0..2 {
-            assert_eq!(served(&one, &ws).map(|s| s.0), Some(100));
-            assert_eq!(served(&two, &ws).map(|s| s.0), Some(200));
+            assert_eq!(served(&one, &ws), Some(100));
+            assert_eq!(served(&two, &ws), Some(200));
         }
     }
 
     #[tokio::test]
-    async fn unknown_workspaces_and_headers_off() {
-        let cache = cache_with(&[("ws-known", 100)], Duration::from_secs(60), 10).await;
+    async fn unknown_workspaces_are_served_as_unknown() {
+        let cache = cache_with(&[], Duration::from_secs(60), 10).await;
         let unknown = WorkspaceId::new("ws-unknown").unwrap();
+        assert_eq!(status(&cache, &unknown), None, "nothing loaded yet");
         assert!(cache.status(&unknown).await.is_err());
-        assert_eq!(
-            cached_status(&cache, &unknown, true).map(|(s, h)| (s, h.is_some())),
-            Some((None, false)),
-            "cached as unknown, no headers"
-        );
-        let known = WorkspaceId::new("ws-known").unwrap();
-        cache.status(&known).await.unwrap();
-        let (status, headers) = cached_status(&cache, &known, false).unwrap();
-        assert!(
-            status.is_some() && headers.is_none(),
-            "headers only when asked"
-        );
+        assert_eq!(status(&cache, &unknown), Some(None), "cached as unknown");
     }
 }

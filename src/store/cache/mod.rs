@@ -1,4 +1,7 @@
-//! A caching [`BudgetStore`] wrapper for the request path.
+//! A caching [`BudgetStore`] wrapper for the request path: decisions, registrations and the last
+//! known registration, with a per-thread front (`front`) for the hot status lookup.
+
+mod front;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +15,8 @@ use metrics::Counter;
 use tokio::time::Instant;
 
 use super::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, StoreError, TokenHash,
+    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry, StoreError,
+    TokenHash,
 };
 use crate::period::{Limits, LimitsPatch, PerPeriod};
 use crate::WorkspaceId;
@@ -51,7 +55,7 @@ struct Slot<T> {
     load: Load<T>,
     started: Instant,
     /// True while this slot is the workspace's entry: cleared when it leaves the map (replaced,
-    /// invalidated, evicted), so copies held elsewhere (the layer's per-thread front) can tell
+    /// invalidated, evicted), so copies held elsewhere (the per-thread front) can tell
     /// they are stale without taking the lock.
     current: Arc<AtomicBool>,
 }
@@ -62,14 +66,14 @@ impl<T> Drop for Slot<T> {
     }
 }
 
-/// A fresh, completed status entry as [`CachingStore::peek_status`] hands it out.
-pub(crate) struct Peeked {
+/// A fresh, completed status entry as [`CachingStore::peek_status`] hands it to the front.
+struct FreshStatus {
     /// The status, or `None` for a workspace the store does not know.
-    pub(crate) status: Option<BudgetStatus>,
+    status: Option<BudgetStatus>,
     /// When the entry stops being served.
-    pub(crate) expires: Instant,
+    expires: Instant,
     /// Cleared when the entry is invalidated or replaced before it expires.
-    pub(crate) current: Arc<AtomicBool>,
+    current: Arc<AtomicBool>,
 }
 
 /// Answers [`status`](BudgetStore::status), [`retry_after`](BudgetStore::retry_after) and
@@ -85,8 +89,8 @@ pub(crate) struct Peeked {
 /// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
 ///   arbitrary one.
 ///
-/// `BudgetLayer` makes one for itself (hand its [`store`](crate::layer::BudgetLayer::store) to
-/// whatever writes); build one directly to share a cache between other parts:
+/// Give the same one to the [`BudgetLayer`](crate::layer::BudgetLayer) and to whatever writes
+/// (the budget API, heartbeats), so that the layer's decisions see those writes at once:
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -109,8 +113,7 @@ pub struct CachingStore<S: ?Sized> {
     /// Unique per cache in this process, so copies of its entries kept elsewhere can name it.
     id: u64,
     inner: Arc<S>,
-    /// The TTL in nanoseconds and the bound on cached workspaces: settable after construction,
-    /// so that a layer's builder reconfigures the one cache it made (see `BudgetLayer::store`).
+    /// The TTL in nanoseconds and the bound on cached workspaces.
     ttl_nanos: AtomicU64,
     capacity: AtomicUsize,
     status: RwLock<Entries<BudgetStatus>>,
@@ -211,7 +214,7 @@ impl<S: ?Sized> std::fmt::Debug for CachingStore<S> {
     }
 }
 
-impl<S: BudgetStore + ?Sized> CachingStore<S> {
+impl<S: ?Sized> CachingStore<S> {
     /// Caches `inner`'s answers for `ttl`, for at most `capacity` workspaces.
     pub fn new(inner: Arc<S>, ttl: Duration, capacity: usize) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -231,6 +234,12 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         }
     }
 
+    /// Caches `inner`'s answers for [`DEFAULT_CACHE_TTL`] (1 s), for at most
+    /// [`DEFAULT_CACHE_CAPACITY`] (10,000) workspaces.
+    pub fn with_defaults(inner: Arc<S>) -> Self {
+        Self::new(inner, DEFAULT_CACHE_TTL, DEFAULT_CACHE_CAPACITY)
+    }
+
     /// How long an answer is served.
     pub fn ttl(&self) -> Duration {
         Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
@@ -239,18 +248,6 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
     /// The bound on cached workspaces.
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
-    }
-
-    /// Changes the TTL and the bound; entries already cached keep the time they were loaded.
-    pub(crate) fn reconfigure(&self, ttl: Duration, capacity: usize) {
-        let capacity = capacity.max(1);
-        self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
-        self.capacity.store(capacity, Ordering::Relaxed);
-        self.last_known.capacity.store(capacity, Ordering::Relaxed);
-    }
-
-    pub(crate) fn id(&self) -> u64 {
-        self.id
     }
 
     /// The wrapped store.
@@ -285,8 +282,8 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
 
     /// Like `cached`, for the status, with what a copy held outside the lock needs to know
     /// when to stop serving it.
-    pub(crate) fn peek_status(&self, workspace: &WorkspaceId) -> Option<Peeked> {
-        self.peek(&self.status, workspace, |answer, slot| Peeked {
+    fn peek_status(&self, workspace: &WorkspaceId) -> Option<FreshStatus> {
+        self.peek(&self.status, workspace, |answer, slot| FreshStatus {
             status: answer.ok().copied(),
             expires: slot.started + self.ttl(),
             current: slot.current.clone(),
@@ -439,8 +436,8 @@ impl<S: BudgetStore + ?Sized> CachingStore<S> {
         registration_changes: bool,
         write: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        struct OnDrop<'a, S: BudgetStore + ?Sized>(&'a CachingStore<S>, &'a WorkspaceId, bool);
-        impl<S: BudgetStore + ?Sized> Drop for OnDrop<'_, S> {
+        struct OnDrop<'a, S: ?Sized>(&'a CachingStore<S>, &'a WorkspaceId, bool);
+        impl<S: ?Sized> Drop for OnDrop<'_, S> {
             fn drop(&mut self) {
                 if self.2 {
                     self.0.invalidate(self.1);
@@ -480,46 +477,6 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
             .await
     }
 
-    async fn register_agent(
-        &self,
-        workspace: &WorkspaceId,
-        registration: &Registration,
-    ) -> Result<(), StoreError> {
-        self.write_through(
-            workspace,
-            true,
-            self.inner.register_agent(workspace, registration),
-        )
-        .await?;
-        // The new registration is known: it is what to fall back on from now.
-        self.last_known.replace(workspace, Some(registration));
-        Ok(())
-    }
-
-    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        let last_known = self.last_known.clone();
-        self.get(&self.registration, workspace, move |inner, ws| {
-            let since = last_known.epoch();
-            async move {
-                let answer = inner.registration(&ws).await;
-                last_known.record(&ws, &answer, since);
-                answer
-            }
-        })
-        .await
-    }
-
-    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
-        read_lock(&self.last_known.map).get(workspace).cloned()
-    }
-
-    async fn workspace_for_token(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<WorkspaceId>, StoreError> {
-        self.inner.workspace_for_token(token_hash).await
-    }
-
     async fn remove(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
         self.write_through(workspace, true, self.inner.remove(workspace))
             .await
@@ -539,7 +496,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
-        self.cached(&self.status, workspace)
+        front::status(self, workspace).map(|status| status.ok_or(StoreError::NotFound))
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
@@ -607,5 +564,48 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
 
     async fn prune(&self) -> Result<u64, StoreError> {
         self.inner.prune().await
+    }
+}
+
+#[async_trait]
+impl<S: Registry + ?Sized> Registry for CachingStore<S> {
+    async fn register_agent(
+        &self,
+        workspace: &WorkspaceId,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        self.write_through(
+            workspace,
+            true,
+            self.inner.register_agent(workspace, registration),
+        )
+        .await?;
+        // The new registration is known: it is what to fall back on from now.
+        self.last_known.replace(workspace, Some(registration));
+        Ok(())
+    }
+
+    async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        let last_known = self.last_known.clone();
+        self.get(&self.registration, workspace, move |inner, ws| {
+            let since = last_known.epoch();
+            async move {
+                let answer = inner.registration(&ws).await;
+                last_known.record(&ws, &answer, since);
+                answer
+            }
+        })
+        .await
+    }
+
+    fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
+        read_lock(&self.last_known.map).get(workspace).cloned()
+    }
+
+    async fn workspace_for_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<WorkspaceId>, StoreError> {
+        self.inner.workspace_for_token(token_hash).await
     }
 }
