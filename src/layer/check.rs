@@ -10,9 +10,7 @@ use http::request::Parts;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerState};
-use super::decision::{
-    render_budget_headers, Blocked, BudgetDecision, HeaderValues, UnavailableCause,
-};
+use super::decision::{budget_headers, Blocked, BudgetDecision, HeaderValues, UnavailableCause};
 use super::layer::FailMode;
 use super::resolve::ResolveWorkspace;
 use super::telemetry::LayerMetrics;
@@ -63,7 +61,7 @@ impl Checker {
     /// The budget headers for `status` when it allows requests and they are on.
     fn headers_for_status(&self, status: &BudgetStatus) -> HeaderValues {
         if self.budget_headers && !status.is_exceeded() {
-            render_budget_headers(status)
+            budget_headers(status)
         } else {
             None
         }

@@ -35,7 +35,7 @@ pub use registry::{Registration, Registry, Store, TokenHash};
 pub const MAX_REPORTED_CENTS: i64 = 1_000_000_000_000;
 
 /// A workspace's budget at one moment: its limits and its spend per trailing window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct BudgetStatus {
     /// The configured limits.
     pub limits: Limits,
