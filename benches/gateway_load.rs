@@ -97,15 +97,11 @@ fn serve_baseline(args: &[String]) {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .unwrap();
-        // The same caching store the gateway gives its layer, for the API and the proxy's
-        // lookups: the baseline differs from the gateway by the budget check alone.
-        let raw = app::store(database_url.as_deref()).await.unwrap();
-        let store: std::sync::Arc<dyn tower_budget::store::Store> =
-            std::sync::Arc::new(tower_budget::store::CachingStore::new(
-                raw,
-                tower_budget::store::DEFAULT_CACHE_TTL,
-                tower_budget::store::DEFAULT_CACHE_CAPACITY,
-            ));
+        // The same caching store (and change listener) the gateway gives its layer, for the API
+        // and the proxy's lookups: the baseline differs from the gateway by the budget check alone.
+        let backend = app::store(database_url.as_deref(), None).await.unwrap();
+        let health = backend.health();
+        let store = backend.store.clone();
         let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));
         let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
         let local = listener.local_addr().unwrap();
@@ -115,7 +111,7 @@ fn serve_baseline(args: &[String]) {
             std::time::Duration::from_secs(300),
             std::time::Duration::from_millis(50),
         );
-        let router = app::router(proxy, api, metrics);
+        let router = app::router(proxy, api, metrics, health);
         println!("listening on http://{local} (baseline: no budget layer)");
         app::serve(listener, router, std::future::pending()).await;
     });

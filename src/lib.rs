@@ -41,6 +41,7 @@
 pub mod api;
 pub mod clock;
 pub mod layer;
+mod per_thread;
 pub mod period;
 mod response;
 pub mod store;

@@ -22,14 +22,7 @@ async fn heartbeat(gw: &Gateway, token: &str, body: Value) -> Reply {
 }
 
 async fn rpc(gw: &Gateway, id: &str) -> Reply {
-    let body = json!({"jsonrpc": "2.0", "id": "1", "method": "SendMessage", "params": {"message": {"messageId": "u1", "role": "ROLE_USER", "parts": [{"text": "ping"}]}}});
-    gw.call(
-        Method::POST,
-        &format!("/workspaces/{id}/a2a"),
-        None,
-        Some(&body),
-    )
-    .await
+    gw.rpc(id).await
 }
 
 async fn budget(gw: &Gateway, id: &str) -> Reply {
@@ -673,7 +666,7 @@ async fn ops_endpoints_and_the_budget_page() {
     patch(&gw, "ws-1", json!({"budget_limits": {"hourly": 0}})).await;
     assert_eq!(rpc(&gw, "ws-1").await.status, StatusCode::PAYMENT_REQUIRED);
     let health = gw.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!(health.json, json!({"status": "ok"}));
+    assert_eq!(health.json, json!({"status": "ok", "store": "memory"}));
     let metrics = gw.call(Method::GET, "/metrics", None, None).await;
     let text = std::str::from_utf8(&metrics.bytes).unwrap();
     assert!(

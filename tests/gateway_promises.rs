@@ -13,14 +13,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 async fn rpc(gw: &Gateway, id: &str) -> common::gateway::Reply {
-    gw.call_raw(
-        Method::POST,
-        &format!("/workspaces/{id}/a2a"),
-        None,
-        Some(r#"{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{}}"#),
-        &[],
-    )
-    .await
+    gw.rpc(id).await
 }
 
 async fn limit_and_spend(gw: &Gateway, id: &str, token: &str, limit: i64, spend: i64) {

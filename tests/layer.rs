@@ -347,7 +347,7 @@ async fn cache_hits_misses_and_invalidation_by_writes() {
     f.send(&layer, get("/workspaces/ws-1/a2a")).await;
     assert_eq!(f.store.status_calls(), 2, "expired after the TTL");
 
-    // A heartbeat through the layer's store pushes the workspace over: the next request sees it.
+    // A heartbeat through the caching store the layer asks pushes the workspace over: the next request sees it.
     store
         .record_heartbeat(&Heartbeat::new(ws("ws-1"), Some(1_500), None))
         .await
@@ -363,7 +363,7 @@ async fn cache_hits_misses_and_invalidation_by_writes() {
         StatusCode::OK
     );
 
-    // A write that bypasses the layer's store is seen within one TTL.
+    // A write that bypasses that caching store is seen within one TTL.
     set_limits(&f.store, "ws-1", &[(Period::HOURLY, Some(0))]).await;
     assert_eq!(
         f.send(&layer, get("/workspaces/ws-1/a2a")).await.status(),

@@ -85,7 +85,7 @@ async fn pg_store(clock: &ManualClock) -> PgStore {
 }
 
 /// The layer in an axum Router, over both stores: 402 with the exact Retry-After from the ledger,
-/// then a limit raised through the layer's store lets the next call through at once.
+/// then a limit raised through the caching store the layer asks lets the next call through at once.
 async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: ManualClock) {
     constructed_ledger(&store, &clock).await;
     set_limits(&store, "ws-1", &[(Period::HOURLY, Some(1_000))]).await;

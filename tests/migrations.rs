@@ -25,7 +25,7 @@ async fn applies_to_an_empty_database_and_reruns_as_a_no_op() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let store = PgStore::new(pool.clone());
     store.register(&ws("a")).await.unwrap();
     let out = store

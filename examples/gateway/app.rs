@@ -13,8 +13,12 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_budget::api::{BudgetApi, BUDGET_PAGE};
-use tower_budget::store::postgres::{migrate, PgStore, PoolOptions};
-use tower_budget::store::{MemoryStore, Store};
+use tower_budget::store::postgres::{
+    migrate, ChangeListener, ListenOptions, ListenerState, PgStore, PoolOptions,
+};
+use tower_budget::store::{
+    CachingStore, MemoryStore, Store, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL,
+};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -145,13 +149,53 @@ pub async fn serve(
 /// The longest the migrations may take at start.
 const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The Postgres store for `database_url` (migrated), else the in-process store.
+/// The store every part of the gateway shares, and what keeps it in step with other replicas.
+pub struct Backend {
+    /// One caching store for the layer, the API and the proxy: decisions see writes at once.
+    pub store: Arc<CachingStore<dyn Store>>,
+    /// With PostgreSQL: the change listener (notifications from every replica's writes).
+    pub listener: Option<ChangeListener>,
+}
+
+impl Backend {
+    /// What `/healthz` reports.
+    pub fn health(&self) -> Health {
+        Health(self.listener.as_ref().map(ChangeListener::state))
+    }
+}
+
+/// `/healthz`'s detail: the store, and with PostgreSQL whether the change listener is connected.
+#[derive(Clone, Debug)]
+pub struct Health(Option<ListenerState>);
+
+impl Health {
+    fn json(&self) -> String {
+        match &self.0 {
+            None => r#"{"status":"ok","store":"memory"}"#.to_owned(),
+            Some(state) => format!(
+                r#"{{"status":"ok","store":"postgres","listener":"{}"}}"#,
+                if state.is_connected() {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            ),
+        }
+    }
+}
+
+/// The Postgres store for `database_url` (migrated, with its change listener), else the
+/// in-process store; behind one caching store. `cache_ttl` overrides the TTL: with PostgreSQL
+/// the one used while the listener is connected (default 30 s; 1 s, or less, while it is not),
+/// with the in-process store the only one (default 1 s).
 pub async fn store(
     database_url: Option<&str>,
-) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    cache_ttl: Option<std::time::Duration>,
+) -> Result<Backend, Box<dyn std::error::Error>> {
     Ok(match database_url {
         Some(url) => {
-            let pool = PoolOptions::default().build(url)?;
+            let options = PoolOptions::default();
+            let pool = options.build(url)?;
             // Bounded like every other wait: a database that stops answering mid-migration
             // stops the start with an error instead of hanging it.
             tokio::time::timeout(MIGRATE_TIMEOUT, migrate(&pool))
@@ -160,12 +204,34 @@ pub async fn store(
                     format!("database: migrations did not finish within {MIGRATE_TIMEOUT:?}")
                 })?
                 .map_err(|e| format!("database: {e}"))?;
+            let raw: Arc<dyn Store> = Arc::new(PgStore::new(pool));
+            let listen = match cache_ttl {
+                Some(ttl) => ListenOptions::default().with_connected_ttl(ttl),
+                None => ListenOptions::default(),
+            };
+            let store = Arc::new(CachingStore::new(
+                raw,
+                listen.disconnected_ttl,
+                DEFAULT_CACHE_CAPACITY,
+            ));
+            let listener = ChangeListener::spawn(options.connect_config(url)?, &store, listen);
             tracing::info!("PostgreSQL store, migrations applied");
-            Arc::new(PgStore::new(pool))
+            Backend {
+                store,
+                listener: Some(listener),
+            }
         }
         None => {
             tracing::info!("in-process store: budgets and spend live in memory and are lost on exit (use --database-url to keep them)");
-            Arc::new(MemoryStore::new())
+            let raw: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            Backend {
+                store: Arc::new(CachingStore::new(
+                    raw,
+                    cache_ttl.unwrap_or(DEFAULT_CACHE_TTL),
+                    DEFAULT_CACHE_CAPACITY,
+                )),
+                listener: None,
+            }
         }
     })
 }
@@ -173,7 +239,7 @@ pub async fn store(
 /// The gateway's routes around `proxied`, the service behind `/workspaces/{id}/a2a[/…]`
 /// (the proxy wrapped in the budget layer; the load bench passes the bare proxy as its
 /// baseline).
-pub fn router<S>(proxied: S, api: BudgetApi, metrics: PrometheusHandle) -> Router
+pub fn router<S>(proxied: S, api: BudgetApi, metrics: PrometheusHandle, health: Health) -> Router
 where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
         + Clone
@@ -188,10 +254,10 @@ where
         .route_service("/workspaces/{id}/a2a/{*rest}", proxied)
         .route(
             "/healthz",
-            get(|| async {
+            get(move || async move {
                 (
                     [(http::header::CONTENT_TYPE, "application/json")],
-                    r#"{"status":"ok"}"#,
+                    health.json(),
                 )
             }),
         )
@@ -373,7 +439,7 @@ mod tests {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
-        let app = router(panicking, api, metrics);
+        let app = router(panicking, api, metrics, Health(None));
         let call = |uri: &str, id: Option<&str>| {
             let mut request = Request::builder().uri(uri);
             if let Some(id) = id {

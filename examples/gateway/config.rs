@@ -30,8 +30,10 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// How long a budget decision is served from memory, in ms; 0 turns the cache off.
-    #[arg(long, env = "GATEWAY_CACHE_TTL_MS", default_value_t = 1000)]
-    pub cache_ttl_ms: u64,
+    /// Default: with PostgreSQL 30000 while the change listener is connected (every replica's
+    /// writes reach this cache at once) and 1000 while it is not; in-process 1000.
+    #[arg(long, env = "GATEWAY_CACHE_TTL_MS")]
+    pub cache_ttl_ms: Option<u64>,
 
     /// Longest budget check before the request is let through (or refused with --fail-closed), in ms.
     #[arg(long, env = "GATEWAY_CHECK_TIMEOUT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
@@ -47,8 +49,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn cache_ttl(&self) -> Duration {
-        Duration::from_millis(self.cache_ttl_ms)
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache_ttl_ms.map(Duration::from_millis)
     }
 
     pub fn check_timeout(&self) -> Duration {

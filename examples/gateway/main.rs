@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tower_budget::api::{generate_token, BudgetApi, TokenAuth};
 use tower_budget::layer::{BudgetLayer, FailMode, ResponseBody};
 
-use tower_budget::store::{spawn_pruner, CachingStore, DEFAULT_CACHE_CAPACITY};
+use tower_budget::store::{spawn_pruner, BudgetStore};
 
 use config::Config;
 use proxy::Proxy;
@@ -68,7 +68,7 @@ fn main() {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let store = app::store(config.database_url.as_deref()).await?;
+    let backend = app::store(config.database_url.as_deref(), config.cache_ttl()).await?;
     let admin_token = match &config.admin_token {
         Some(t) if !t.trim().is_empty() => t.clone(),
         Some(_) => return Err("--admin-token must not be empty".into()),
@@ -89,12 +89,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| format!("http://{local}"));
 
     // One caching store for the layer, the API and the proxy: decisions see writes at once.
-    let cached = Arc::new(CachingStore::new(
-        store.clone(),
-        config.cache_ttl(),
-        DEFAULT_CACHE_CAPACITY,
-    ));
-    let layer = BudgetLayer::from_arc(cached.clone())
+    let cached = backend.store.clone();
+    // `--cache-ttl-ms 0`: the layer asks the database on every request (writes still go through
+    // the caching store, which then serves no answers).
+    let checked: Arc<dyn BudgetStore> = if config.cache_ttl().is_some_and(|t| t.is_zero()) {
+        cached.inner().clone()
+    } else {
+        cached.clone()
+    };
+    let layer = BudgetLayer::from_arc(checked)
         .with_check_timeout(config.check_timeout())?
         .with_fail_mode(if config.fail_closed {
             FailMode::Closed
@@ -116,10 +119,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
         .layer(layer)
         .service(proxy);
-    let app = app::router(proxied, api, metrics);
+    let app = app::router(proxied, api, metrics, backend.health());
 
     let mut signals = Signals::register()?;
-    let pruner = spawn_pruner(store, PRUNE_EVERY);
+    let pruner = spawn_pruner(backend.store.clone(), PRUNE_EVERY);
     println!("listening on http://{local} (public URL {public_url})");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {

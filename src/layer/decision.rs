@@ -1,7 +1,6 @@
 //! What the layer decided for one request, and the responses and headers that follow from it.
 
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +8,7 @@ use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::per_thread::Slots;
 use crate::period::{PerPeriod, Period};
 use crate::store::BudgetStatus;
 use crate::WorkspaceId;
@@ -225,24 +225,18 @@ pub(crate) fn insert_budget_headers(values: HeaderValues, headers: &mut HeaderMa
 pub(crate) type HeaderValues = Option<(HeaderValue, HeaderValue)>;
 
 /// The budget header values for `status`, memoized per worker thread. Rendering costs two
-/// allocations and ~1,500 instructions a request (BENCHMARKS.md); a memo hit costs a hash of the
-/// status and a comparison. The memo maps a status to what it renders to, so it is never stale:
-/// a new limit or new spend is a new key. A collision only costs a render.
+/// allocations and ~1,600 instructions a proxied request (callgrind, BENCHMARKS.md); a memo hit
+/// costs a hash of the status and a comparison. The memo maps a status to what it renders to,
+/// so it is never stale: a new limit or new spend is a new key. A collision only costs a render.
 pub(crate) fn budget_headers(status: &BudgetStatus) -> HeaderValues {
-    /// Slots per thread (~45 KiB): statuses served in turn beyond that re-render.
-    const SLOTS: usize = 256;
     thread_local! {
-        static MEMO: RefCell<Vec<Option<(BudgetStatus, HeaderValues)>>> =
-            const { RefCell::new(Vec::new()) };
+        /// 256 slots (~45 KiB a thread): statuses served in turn beyond that re-render.
+        static MEMO: RefCell<Slots<(BudgetStatus, HeaderValues)>> =
+            const { RefCell::new(Slots::new(256, 0x6865_6164)) };
     }
     MEMO.try_with(|memo| {
         let mut memo = memo.borrow_mut();
-        if memo.is_empty() {
-            memo.resize(SLOTS, None);
-        }
-        // Fixed seed: the table is per thread and bounded; a chosen collision costs a render.
-        let hash = foldhash::fast::FixedState::with_seed(0x6865_6164).hash_one(status);
-        let slot = &mut memo[(hash as usize) % SLOTS];
+        let slot = memo.slot(status);
         match slot {
             Some((memoized, values)) if memoized == status => values.clone(),
             _ => {

@@ -100,7 +100,7 @@ impl<S: Registry + ?Sized> Registry for Arc<S> {
 
 /// Budgets and registry in one: what the budget API and the example gateway take. Implemented
 /// for every type that implements both ([`MemoryStore`](super::MemoryStore),
-/// [`PgStore`](super::postgres::PgStore), a [`CachingStore`](super::CachingStore) of either);
+/// `postgres::PgStore`, a [`CachingStore`](super::CachingStore) of either);
 /// an `Arc<dyn Store>` coerces to `Arc<dyn BudgetStore>` or `Arc<dyn Registry>` for the parts
 /// that need only one half.
 pub trait Store: BudgetStore + Registry {}

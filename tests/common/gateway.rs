@@ -143,6 +143,18 @@ impl Gateway {
         r.json["token"].as_str().unwrap().to_owned()
     }
 
+    /// A JSON-RPC `SendMessage` to `id`'s agent through the gateway.
+    pub async fn rpc(&self, id: &str) -> Reply {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": "1", "method": "SendMessage", "params": {"message": {"messageId": "u1", "role": "ROLE_USER", "parts": [{"text": "ping"}]}}});
+        self.call(
+            Method::POST,
+            &format!("/workspaces/{id}/a2a"),
+            None,
+            Some(&body),
+        )
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

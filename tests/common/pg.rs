@@ -46,7 +46,12 @@ pub async fn admin_execute(sql: &str) {
 
 /// The single `bigint` that `sql` returns, on an admin connection to the test server.
 pub async fn admin_query_i64(sql: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+    admin_query_i64_on(&database_url(), sql).await
+}
+
+/// The single `bigint` that `sql` returns, on an admin connection to the server at `url`.
+pub async fn admin_query_i64_on(url: &str, sql: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect to the test PostgreSQL");
     let conn = tokio::spawn(conn);

@@ -10,33 +10,31 @@
 //! answers, same staleness, same metrics.
 
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::{CacheMetrics, CachingStore};
+use crate::per_thread::Slots;
 use crate::store::BudgetStatus;
 use crate::WorkspaceId;
 
-/// Entries per thread. A collision only sends the request to the shared cache, which refills
-/// the slot; a hash an attacker could aim costs them nothing but that. Entries are boxed, so an
-/// unused slot costs a pointer (8 KiB a thread) and memory grows with the workspaces a thread
-/// actually serves.
-const SLOTS: usize = 1024;
-
 thread_local! {
-    static FRONT: RefCell<Vec<Option<Box<Entry>>>> = const { RefCell::new(Vec::new()) };
+    /// 1,024 boxed entries: an unused slot costs a pointer (8 KiB a thread), and memory grows
+    /// with the workspaces a thread actually serves.
+    static FRONT: RefCell<Slots<Box<Entry>>> =
+        const { RefCell::new(Slots::new(1024, 0x7b75_6467_6574)) };
 }
 
 struct Entry {
-    /// Which cache it came from ([`CachingStore::id`]).
+    /// Which cache it came from (the cache's `id`).
     cache: u64,
     workspace: WorkspaceId,
     /// `None`: the store does not know the workspace.
     status: Option<BudgetStatus>,
-    expires: Instant,
+    /// When the shared entry was loaded; served while the cache's TTL runs from then.
+    started: Instant,
     current: Arc<AtomicBool>,
 }
 
@@ -48,16 +46,15 @@ pub(super) fn status<S: ?Sized>(
     FRONT
         .try_with(|front| {
             let mut front = front.borrow_mut();
-            if front.is_empty() {
-                front.resize_with(SLOTS, || None);
-            }
             let id = cache.id;
-            let slot = &mut front[index(id, workspace)];
+            let slot = front.slot((id, workspace));
             let now = Instant::now();
+            // The TTL is read each time: a change feed that disconnects shortens it at once.
+            let ttl = cache.ttl();
             if let Some(e) = slot.as_ref().filter(|e| {
                 e.cache == id
                     && e.workspace == *workspace
-                    && now < e.expires
+                    && now < e.started + ttl
                     && e.current.load(Ordering::Acquire)
             }) {
                 CacheMetrics::get().hit.increment(1);
@@ -68,7 +65,7 @@ pub(super) fn status<S: ?Sized>(
                 cache: id,
                 workspace: workspace.clone(),
                 status: peeked.status,
-                expires: peeked.expires,
+                started: peeked.started,
                 current: peeked.current,
             };
             match slot {
@@ -77,14 +74,8 @@ pub(super) fn status<S: ?Sized>(
             }
             Some(peeked.status)
         })
-        // Thread teardown: no front; the caller asks the shared cache.
+        // Thread teardown: no front; ask the shared cache.
         .unwrap_or_else(|_| cache.peek_status(workspace).map(|p| p.status))
-}
-
-fn index(cache: u64, workspace: &WorkspaceId) -> usize {
-    // Fixed seed: the table is per thread and bounded, so a chosen collision only costs a miss.
-    let hash = foldhash::fast::FixedState::with_seed(0x7b75_6467_6574).hash_one((cache, workspace));
-    (hash as usize) % SLOTS
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! known registration, with a per-thread front (`front`) for the hot status lookup.
 
 mod front;
+mod tokens;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -23,14 +24,14 @@ use crate::WorkspaceId;
 
 /// The cache's counters (`tower_budget_cache_total{result}`), resolved once: on the request path a
 /// metric is an atomic add, not a registry lookup.
-pub(crate) struct CacheMetrics {
-    pub(crate) hit: Counter,
-    pub(crate) miss: Counter,
-    pub(crate) coalesced: Counter,
+struct CacheMetrics {
+    hit: Counter,
+    miss: Counter,
+    coalesced: Counter,
 }
 
 impl CacheMetrics {
-    pub(crate) fn get() -> &'static CacheMetrics {
+    fn get() -> &'static CacheMetrics {
         static METRICS: OnceLock<CacheMetrics> = OnceLock::new();
         METRICS.get_or_init(|| CacheMetrics {
             hit: metrics::counter!("tower_budget_cache_total", "result" => "hit"),
@@ -70,22 +71,27 @@ impl<T> Drop for Slot<T> {
 struct FreshStatus {
     /// The status, or `None` for a workspace the store does not know.
     status: Option<BudgetStatus>,
-    /// When the entry stops being served.
-    expires: Instant,
+    /// When it was loaded: it is served until the TTL (which may change) has run from then.
+    started: Instant,
     /// Cleared when the entry is invalidated or replaced before it expires.
     current: Arc<AtomicBool>,
 }
 
 /// Answers [`status`](BudgetStore::status), [`retry_after`](BudgetStore::retry_after) and
-/// [`registration`](BudgetStore::registration) from memory for up to a TTL, and is itself a
-/// [`BudgetStore`]. Token lookups are never cached: a rotated token stops working at once.
+/// [`registration`](Registry::registration) from memory for up to a TTL, and is itself a
+/// [`BudgetStore`] and a [`Registry`]. Token lookups are cached only while a change feed keeps
+/// the cache in step ([`set_token_caching`](Self::set_token_caching); the Postgres
+/// [`ChangeListener`](crate::store::postgres::ChangeListener) turns it on while connected), so a
+/// rotated token stops working at once.
 ///
 /// - Concurrent misses for one workspace share one call to the inner store. A caller that gives
 ///   up (a timed-out check) does not waste it: the next request picks it up where it stopped.
 /// - "Unknown workspace" is cached like an answer; store errors are not.
 /// - Writes through this store (limits, heartbeats, register, remove) drop the workspace's entries
 ///   as soon as the inner write returns, so this process sees its own writes at once. Writes made
-///   by other processes are seen within one TTL.
+///   by other processes are seen within one TTL, or at once with a change feed calling
+///   [`invalidate`](Self::invalidate), [`invalidate_budget`](Self::invalidate_budget) and
+///   [`clear`](Self::clear) (the Postgres store's listener does).
 /// - At most `capacity` workspaces are held; beyond that, expired entries go first, then an
 ///   arbitrary one.
 ///
@@ -113,15 +119,16 @@ pub struct CachingStore<S: ?Sized> {
     /// Unique per cache in this process, so copies of its entries kept elsewhere can name it.
     id: u64,
     inner: Arc<S>,
-    /// The TTL in nanoseconds and the bound on cached workspaces.
+    /// The TTL in nanoseconds: a change feed lengthens it while it is connected.
     ttl_nanos: AtomicU64,
-    capacity: AtomicUsize,
+    capacity: usize,
     status: RwLock<Entries<BudgetStatus>>,
     retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
     registration: RwLock<Entries<Registration>>,
     /// The last registration the inner store gave per workspace, for when it cannot answer in
     /// time; dropped by the writes that change it and when the store says "unknown".
     last_known: Arc<LastKnown>,
+    tokens: tokens::Tokens,
 }
 
 /// The last registration per workspace, bounded. Recorded on the miss path only, when a load
@@ -130,7 +137,7 @@ pub struct CachingStore<S: ?Sized> {
 struct LastKnown {
     map: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
     epoch: AtomicU64,
-    capacity: AtomicUsize,
+    capacity: usize,
 }
 
 impl LastKnown {
@@ -171,13 +178,20 @@ impl LastKnown {
         }
     }
 
+    /// Forgets everything; loads in flight do not record their answers.
+    fn clear(&self) {
+        let mut map = write_lock(&self.map);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        map.clear();
+    }
+
     fn insert(
         &self,
         map: &mut HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>,
         workspace: &WorkspaceId,
         registration: &Registration,
     ) {
-        if map.len() >= self.capacity.load(Ordering::Relaxed) && !map.contains_key(workspace) {
+        if map.len() >= self.capacity && !map.contains_key(workspace) {
             // Bounded like the cache: an arbitrary entry goes.
             if let Some(victim) = map.keys().next().cloned() {
                 map.remove(&victim);
@@ -209,7 +223,7 @@ impl<S: ?Sized> std::fmt::Debug for CachingStore<S> {
                 "ttl",
                 &Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed)),
             )
-            .field("capacity", &self.capacity.load(Ordering::Relaxed))
+            .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
 }
@@ -222,15 +236,16 @@ impl<S: ?Sized> CachingStore<S> {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             inner,
             ttl_nanos: AtomicU64::new(nanos(ttl)),
-            capacity: AtomicUsize::new(capacity.max(1)),
+            capacity: capacity.max(1),
             status: RwLock::default(),
             retry: RwLock::default(),
             registration: RwLock::default(),
             last_known: Arc::new(LastKnown {
                 map: RwLock::default(),
                 epoch: AtomicU64::new(0),
-                capacity: AtomicUsize::new(capacity.max(1)),
+                capacity: capacity.max(1),
             }),
+            tokens: tokens::Tokens::default(),
         }
     }
 
@@ -247,7 +262,38 @@ impl<S: ?Sized> CachingStore<S> {
 
     /// The bound on cached workspaces.
     pub fn capacity(&self) -> usize {
-        self.capacity.load(Ordering::Relaxed)
+        self.capacity
+    }
+
+    /// Serves answers for `ttl` from now on, entries already cached included (they keep the
+    /// time they were loaded).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+    }
+
+    /// Caches token lookups (off by default). Turn it on only while something calls
+    /// [`invalidate`](Self::invalidate) for every registration change made by any process — the
+    /// Postgres [`ChangeListener`](crate::store::postgres::ChangeListener) does, and turns it off
+    /// while it is disconnected. Off drops every token entry.
+    pub fn set_token_caching(&self, on: bool) {
+        self.tokens.set_on(on);
+    }
+
+    /// Drops `workspace`'s cached budget answers (status, retry-after): its limits or spend
+    /// changed. Its registration, token and last known registration stay.
+    pub fn invalidate_budget(&self, workspace: &WorkspaceId) {
+        write_lock(&self.status).map.remove(workspace);
+        write_lock(&self.retry).map.remove(workspace);
+    }
+
+    /// Drops everything cached, last known registrations and tokens included: for a change feed
+    /// that may have missed changes (a reconnect).
+    pub fn clear(&self) {
+        *write_lock(&self.status) = Entries::default();
+        *write_lock(&self.retry) = Entries::default();
+        *write_lock(&self.registration) = Entries::default();
+        self.last_known.clear();
+        self.tokens.clear();
     }
 
     /// The wrapped store.
@@ -255,10 +301,12 @@ impl<S: ?Sized> CachingStore<S> {
         &self.inner
     }
 
-    /// Drops everything cached for `workspace`, the last known registration included.
+    /// Drops everything cached for `workspace`, the last known registration and its token
+    /// included: its registration changed.
     pub fn invalidate(&self, workspace: &WorkspaceId) {
         self.drop_answers(workspace);
         self.last_known.replace(workspace, None);
+        self.tokens.forget(workspace);
     }
 
     /// Drops the cached answers for `workspace`; the last known registration stays (it is what
@@ -285,7 +333,7 @@ impl<S: ?Sized> CachingStore<S> {
     fn peek_status(&self, workspace: &WorkspaceId) -> Option<FreshStatus> {
         self.peek(&self.status, workspace, |answer, slot| FreshStatus {
             status: answer.ok().copied(),
-            expires: slot.started + self.ttl(),
+            started: slot.started,
             current: slot.current.clone(),
         })
     }
@@ -371,7 +419,7 @@ impl<S: ?Sized> CachingStore<S> {
         // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
         // it to the next one, which finds it in the map and carries on from where it stopped.
         let load: Load<T> = start().map(|r| r.map_err(Arc::new)).boxed().shared();
-        if entries.map.len() >= self.capacity() && !entries.map.contains_key(workspace) {
+        if entries.map.len() >= self.capacity && !entries.map.contains_key(workspace) {
             self.make_room(&mut entries, now);
         }
         entries.map.insert(
@@ -393,7 +441,7 @@ impl<S: ?Sized> CachingStore<S> {
                 .retain(|_, s| s.load.peek().is_none() || now < s.started + ttl);
             entries.next_sweep = now + ttl;
         }
-        if entries.map.len() >= self.capacity() {
+        if entries.map.len() >= self.capacity {
             if let Some(victim) = entries.map.keys().next().cloned() {
                 entries.map.remove(&victim);
             }
@@ -606,6 +654,16 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<WorkspaceId>, StoreError> {
-        self.inner.workspace_for_token(token_hash).await
+        if let Some(workspace) = self.tokens.get(token_hash, self.ttl()) {
+            CacheMetrics::get().hit.increment(1);
+            return Ok(Some(workspace));
+        }
+        let (since, started) = (self.tokens.epoch(), Instant::now());
+        let answer = self.inner.workspace_for_token(token_hash).await?;
+        if let Some(workspace) = &answer {
+            self.tokens
+                .record(*token_hash, workspace, since, started, self.capacity);
+        }
+        Ok(answer)
     }
 }

@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "one_clock_removed_mark_saturating_totals",
         sql: include_str!("../../../migrations/V3__one_clock_removed_mark_saturating_totals.sql"),
     },
+    Migration {
+        version: 4,
+        name: "change_notifications",
+        sql: include_str!("../../../migrations/V4__change_notifications.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: "tower-budget" folded into an i64.

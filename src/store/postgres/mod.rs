@@ -41,11 +41,17 @@ use crate::clock::Clock;
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
+mod listen;
 mod migrate;
 mod sql;
 
 pub use deadpool_postgres;
+pub use listen::{
+    ChangeListener, ListenOptions, ListenerState, CHANNEL, DEFAULT_CONNECTED_TTL,
+    DEFAULT_DISCONNECTED_TTL, LISTEN_APPLICATION_NAME,
+};
 pub use migrate::{migrate, MigrateError};
+pub use tokio_postgres;
 
 /// The statement [`BudgetStore::status`] runs (`$1` workspace id, `$2` now), for `EXPLAIN`
 /// and monitoring. It is built once from the period table.
@@ -122,6 +128,29 @@ impl PoolOptions {
     /// # Errors
     /// [`PoolConfigError`] for a malformed URL or schema name.
     pub fn build(&self, url: &str) -> Result<Pool, PoolConfigError> {
+        let manager = Manager::from_config(
+            self.connect_config(url)?,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Ok(Pool::builder(manager)
+            .max_size(self.max_size)
+            .wait_timeout(Some(self.wait_timeout))
+            .create_timeout(Some(self.create_timeout))
+            .recycle_timeout(Some(self.recycle_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()?)
+    }
+
+    /// The connection settings [`build`](Self::build) gives the pool's connections (timeouts,
+    /// keepalives, schema, `application_name`), for a connection outside the pool such as the
+    /// [`ChangeListener`]'s.
+    ///
+    /// # Errors
+    /// [`PoolConfigError`] for a malformed URL or schema name.
+    pub fn connect_config(&self, url: &str) -> Result<tokio_postgres::Config, PoolConfigError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(PoolConfigError::Url)?;
         // Options given in the URL (`?options=-c…`) are kept, and win: ours are added only for
         // settings the URL does not make.
@@ -169,20 +198,7 @@ impl PoolOptions {
         config.keepalives_retries(3);
         // Data the server never acknowledges does not keep a connection alive either.
         config.tcp_user_timeout(Duration::from_secs(30));
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        Ok(Pool::builder(manager)
-            .max_size(self.max_size)
-            .wait_timeout(Some(self.wait_timeout))
-            .create_timeout(Some(self.create_timeout))
-            .recycle_timeout(Some(self.recycle_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()?)
+        Ok(config)
     }
 }
 
