@@ -33,7 +33,7 @@ mod pg;
 #[allow(dead_code, unused_imports)]
 mod proxy;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const WARM_UP: &str = "1s";
@@ -68,15 +68,6 @@ fn cpu_ticks(pid: u32) -> f64 {
 fn ticks_per_second() -> f64 {
     let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-fn build(target_dir: &Path) -> PathBuf {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "--quiet", "--example", "gateway"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", target_dir);
-    assert!(cmd.status().unwrap().success(), "build the gateway");
-    target_dir.join("release/examples/gateway")
 }
 
 /// The baseline: this binary, run with `--serve-baseline [--database-url URL] [--listen ADDR]`,
@@ -235,7 +226,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; nothing to filter here.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shipped = build(&root.join("target"));
+    let shipped = gateway::release_build(&root.join("target"));
     let baseline = std::env::current_exe().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let agent = rt.block_on(agent::Agent::start());

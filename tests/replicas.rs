@@ -425,7 +425,7 @@ async fn the_database_notifies_each_committed_change_once() {
             .await
             .expect("a notification within 10 s")
             .unwrap();
-        if payload.ends_with(&format!(":{id}")) {
+        if payload.ends_with(&format!(":{id}")) || payload == "all:" {
             return payload;
         }
     };
@@ -470,4 +470,71 @@ async fn the_database_notifies_each_committed_change_once() {
     );
     store.remove(&ws).await.unwrap();
     assert_eq!(next().await, format!("agent:{id}"));
+    // A TRUNCATE names no workspace: everything goes.
+    common::pg::admin_execute(&format!("TRUNCATE {schema}.workspaces")).await;
+    assert_eq!(next().await, "all:");
+}
+
+/// A database without the V4 trigger would never notify: the listener does not claim the long
+/// TTL there (it keeps retrying), while one on a migrated schema connects at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_long_ttl_without_the_trigger() {
+    use std::sync::Arc;
+    use tower_budget::store::postgres::{ChangeListener, ListenOptions, PgStore, PoolOptions};
+    use tower_budget::store::CachingStore;
+
+    let base = common::pg::database_url();
+    let mut listeners = Vec::new();
+    let mut schemas = Vec::new();
+    for drop_trigger in [false, true] {
+        let schema = common::pg::fresh_schema().await;
+        schemas.push(schema.clone());
+        let options = PoolOptions::default().with_schema(&schema);
+        let pool = options.build(&base).unwrap();
+        tower_budget::store::postgres::migrate(&pool).await.unwrap();
+        if drop_trigger {
+            common::pg::admin_execute(&format!(
+                "DROP TRIGGER tower_budget_notify_change ON {schema}.workspaces"
+            ))
+            .await;
+        }
+        let cache = Arc::new(CachingStore::with_defaults(Arc::new(PgStore::new(pool))));
+        let listener = ChangeListener::spawn(
+            options.connect_config(&base).unwrap(),
+            &cache,
+            ListenOptions::default(),
+        );
+        listeners.push((cache, listener));
+    }
+    let (healthy, broken) = (&listeners[0], &listeners[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !healthy.1.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy listener did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(healthy.0.ttl(), Duration::from_secs(30));
+    // Give the broken one as long again and a few retries (backoff starts at 100 ms).
+    let connected_at = Instant::now();
+    while connected_at.elapsed() < Duration::from_secs(2) {
+        assert!(!broken.1.is_connected(), "connected without the trigger");
+        assert_eq!(broken.0.ttl(), Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A trigger disabled while connected is noticed by the next probe (every 2 s).
+    common::pg::admin_execute(&format!(
+        "ALTER TABLE {}.workspaces DISABLE TRIGGER tower_budget_notify_change",
+        schemas[0]
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthy.1.is_connected() || healthy.0.ttl() != Duration::from_secs(1) {
+        assert!(
+            Instant::now() < deadline,
+            "a disabled trigger went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

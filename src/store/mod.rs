@@ -27,7 +27,7 @@ mod memory;
 pub mod postgres;
 mod registry;
 
-pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL};
+pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL, MAX_REFUSAL_AGE};
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES_PER_WORKSPACE};
 pub use registry::{Registration, Registry, Store, TokenHash};
 

@@ -22,6 +22,18 @@ pub fn binary() -> PathBuf {
     BIN.get_or_init(|| example("gateway")).clone()
 }
 
+/// Builds the example gateway in release mode into `target_dir` (for benches) and returns its path.
+pub fn release_build(target_dir: &std::path::Path) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--example", "gateway"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "build the gateway");
+    target_dir.join("release/examples/gateway")
+}
+
 /// Builds the example `name` with all features — the build CI and packagers make must enforce
 /// like any other — and returns its path (a no-op build when it is up to date).
 pub fn example(name: &str) -> PathBuf {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{CacheMetrics, CachingStore};
+use super::{CacheMetrics, CachingStore, MaxAge};
 use crate::per_thread::Slots;
 use crate::store::BudgetStatus;
 use crate::WorkspaceId;
@@ -54,7 +54,7 @@ pub(super) fn status<S: ?Sized>(
             if let Some(e) = slot.as_ref().filter(|e| {
                 e.cache == id
                     && e.workspace == *workspace
-                    && now < e.started + ttl
+                    && now < e.started + e.status.map_or(ttl, |s| s.max_age(ttl))
                     && e.current.load(Ordering::Acquire)
             }) {
                 CacheMetrics::get().hit.increment(1);
@@ -217,5 +217,41 @@ mod tests {
         assert_eq!(status(&cache, &unknown), None, "nothing loaded yet");
         assert!(cache.status(&unknown).await.is_err());
         assert_eq!(status(&cache, &unknown), Some(None), "cached as unknown");
+    }
+
+    /// A refusal is served for at most a second whatever the TTL (spend ages out without any
+    /// write to say so); an allowed status for the whole TTL.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_served_for_a_second_at_most() {
+        let (over, under) = (
+            WorkspaceId::new("ws-over").unwrap(),
+            WorkspaceId::new("ws-under").unwrap(),
+        );
+        let cache = cache_with(
+            &[("ws-over", 0), ("ws-under", 1000)],
+            Duration::from_secs(60),
+            10,
+        )
+        .await;
+        cache.status(&over).await.unwrap();
+        cache.status(&under).await.unwrap();
+        assert!(status(&cache, &over).unwrap().unwrap().is_exceeded());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(status(&cache, &over).is_some(), "within a second");
+        assert!(cache.status_now(&over).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            status(&cache, &over),
+            None,
+            "the refusal is not served longer"
+        );
+        assert!(cache.status_now(&over).is_none());
+        assert_eq!(
+            served(&cache, &under),
+            Some(1000),
+            "the allowed status stays"
+        );
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(served(&cache, &under), None, "until the TTL");
     }
 }

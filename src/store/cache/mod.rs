@@ -46,9 +46,34 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Default bound on cached workspaces.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
-/// In-flight loads older than this (or than the TTL, if longer) are not joined: a new one
-/// starts, so one hung store call cannot hold a workspace's checks for ever.
+/// In-flight loads older than this are not joined: a new one starts, so one hung store call
+/// cannot hold a workspace's checks for long, whatever the TTL.
 const MAX_JOIN_AGE: Duration = Duration::from_secs(1);
+
+/// The longest a refusal (an exceeded status) is served, whatever the TTL: spend ages out of the
+/// trailing windows without any write, so no change notification says when a workspace is let
+/// through again.
+pub const MAX_REFUSAL_AGE: Duration = Duration::from_secs(1);
+
+/// How long a cached answer may be served under a TTL.
+trait MaxAge {
+    fn max_age(&self, ttl: Duration) -> Duration {
+        ttl
+    }
+}
+
+impl MaxAge for BudgetStatus {
+    fn max_age(&self, ttl: Duration) -> Duration {
+        if self.is_exceeded() {
+            ttl.min(MAX_REFUSAL_AGE)
+        } else {
+            ttl
+        }
+    }
+}
+
+impl MaxAge for Registration {}
+impl MaxAge for (Limits, PerPeriod<Option<Duration>>) {}
 
 type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
 
@@ -320,7 +345,7 @@ impl<S: ?Sized> CachingStore<S> {
 
     /// A fresh, completed answer for `workspace`, under a shared lock: the hit path takes no
     /// exclusive lock and clones no future.
-    fn cached<T: Clone>(
+    fn cached<T: Clone + MaxAge>(
         &self,
         entries: &RwLock<Entries<T>>,
         workspace: &WorkspaceId,
@@ -339,7 +364,7 @@ impl<S: ?Sized> CachingStore<S> {
     }
 
     /// `f` of a fresh, completed entry (its answer: a value or `NotFound`), counted as a hit.
-    fn peek<T, R>(
+    fn peek<T: MaxAge, R>(
         &self,
         entries: &RwLock<Entries<T>>,
         workspace: &WorkspaceId,
@@ -348,16 +373,31 @@ impl<S: ?Sized> CachingStore<S> {
         let now = Instant::now();
         let entries = read_lock(entries);
         let slot = entries.map.get(workspace)?;
-        if now >= slot.started + self.ttl() {
-            return None;
-        }
         let answer = match slot.load.peek()? {
             Ok(v) => Ok(v),
             Err(e) if matches!(**e, StoreError::NotFound) => Err(StoreError::NotFound),
             Err(_) => return None,
         };
+        if !self.fresh(&answer, slot.started, now) {
+            return None;
+        }
         CacheMetrics::get().hit.increment(1);
         Some(f(answer, slot))
+    }
+
+    /// Whether an answer loaded at `started` may still be served at `now`.
+    fn fresh<T: MaxAge>(
+        &self,
+        answer: &Result<&T, StoreError>,
+        started: Instant,
+        now: Instant,
+    ) -> bool {
+        let ttl = self.ttl();
+        let max_age = match answer {
+            Ok(v) => v.max_age(ttl),
+            Err(_) => ttl,
+        };
+        now < started + max_age
     }
 
     /// A fresh cached answer for `workspace`, or the shared load of one: joined when in flight,
@@ -369,7 +409,7 @@ impl<S: ?Sized> CachingStore<S> {
         fetch: F,
     ) -> Result<T, StoreError>
     where
-        T: Clone + Send + Sync + 'static,
+        T: Clone + MaxAge + Send + Sync + 'static,
         F: FnOnce(Arc<S>, WorkspaceId) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
@@ -390,25 +430,27 @@ impl<S: ?Sized> CachingStore<S> {
         start: F,
     ) -> Load<T>
     where
-        T: Clone + Send + Sync + 'static,
+        T: Clone + MaxAge + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
-        let ttl = self.ttl();
         let mut entries = write_lock(entries);
         if let Some(slot) = entries.map.get(workspace) {
             match slot.load.peek() {
                 // In flight, and not so old that it may never finish (a store that hangs).
-                None if now < slot.started + ttl.max(MAX_JOIN_AGE) => {
+                None if now < slot.started + MAX_JOIN_AGE => {
                     CacheMetrics::get().coalesced.increment(1);
                     return slot.load.clone();
                 }
-                Some(Ok(_)) if now < slot.started + ttl => {
+                Some(Ok(v)) if self.fresh(&Ok(v), slot.started, now) => {
                     CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
-                Some(Err(e)) if matches!(**e, StoreError::NotFound) && now < slot.started + ttl => {
+                Some(Err(e))
+                    if matches!(**e, StoreError::NotFound)
+                        && self.fresh::<T>(&Err(StoreError::NotFound), slot.started, now) =>
+                {
                     CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }

@@ -42,10 +42,13 @@ impl Maps {
 impl Tokens {
     /// Turns caching on or off; off drops every entry.
     pub(super) fn set_on(&self, on: bool) {
-        if !on {
-            self.clear();
-        }
+        // Under the lock: a lookup recording its answer sees "off" before the map is emptied.
+        let mut maps = write_lock(&self.maps);
         self.on.store(on, Ordering::Release);
+        if !on {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            *maps = Maps::default();
+        }
     }
 
     pub(super) fn is_on(&self) -> bool {

@@ -18,8 +18,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use crate::store::CachingStore;
 use crate::WorkspaceId;
@@ -44,9 +46,10 @@ pub struct ListenOptions {
     pub connected_ttl: Duration,
     /// The cache's TTL while the connection is down (default 1 s).
     pub disconnected_ttl: Duration,
-    /// How often the idle connection is checked with `SELECT 1`, and how long that may take:
-    /// a database that stopped answering without closing the socket is noticed within twice
-    /// this (default 2 s).
+    /// How often the notification path is probed — a notification this listener sends itself
+    /// and must receive, with a check that the trigger is still there and enabled — and how
+    /// long the probe may take (default 2 s). One late probe returns the cache to the short TTL
+    /// (the session is kept: nothing queued on it is lost); five in a row end the session.
     pub ping_every: Duration,
     /// Longest wait to connect and to `LISTEN` (default 5 s).
     pub connect_timeout: Duration,
@@ -76,6 +79,20 @@ impl ListenOptions {
         self
     }
 }
+
+/// Whether the `workspaces` table the connection's `search_path` finds has the V4 trigger,
+/// enabled.
+const TRIGGER_ENABLED: &str = "EXISTS (SELECT 1 FROM pg_trigger
+    WHERE tgname = 'tower_budget_notify_change' AND tgrelid = to_regclass('workspaces')
+      AND tgenabled <> 'D')";
+
+static TRIGGER_AND_PID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {TRIGGER_ENABLED}, pg_backend_pid()"));
+
+/// A probe: the trigger is still there, and a notification of our own goes out (`$1`).
+static PROBE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {TRIGGER_ENABLED}, pg_notify('{CHANNEL}', $1) IS NULL")
+});
 
 /// Whether a listener is connected; cheap to clone, for health checks.
 #[derive(Clone, Debug)]
@@ -108,8 +125,8 @@ impl ListenerState {
 /// # Ok(()) }
 /// ```
 ///
-/// Metrics: `tower_budget_listener_connected` (gauge, 1 or 0) and
-/// `tower_budget_notifications_total` (counter).
+/// Metrics: `tower_budget_listener_connected` (gauge, 1 or 0; one per process: run one listener)
+/// and `tower_budget_notifications_total` (counter).
 pub struct ChangeListener {
     state: ListenerState,
     task: JoinHandle<()>,
@@ -126,23 +143,65 @@ impl std::fmt::Debug for ChangeListener {
 }
 
 impl ChangeListener {
-    /// Starts listening on a connection of its own made from `config` (outside any pool; its
-    /// `application_name` is [`LISTEN_APPLICATION_NAME`]). The cache runs on the short TTL until
-    /// the first `LISTEN` succeeds. Must be called within a Tokio runtime.
+    /// Starts listening on a connection of its own made from `config`, without TLS (outside any
+    /// pool; its `application_name` is [`LISTEN_APPLICATION_NAME`]). The cache runs on the short
+    /// TTL until the first `LISTEN` succeeds. Must be called within a Tokio runtime.
+    #[must_use = "dropping the listener stops it"]
     pub fn spawn<S>(
-        mut config: tokio_postgres::Config,
+        config: tokio_postgres::Config,
         cache: &Arc<CachingStore<S>>,
         options: ListenOptions,
     ) -> Self
     where
         S: ?Sized + Send + Sync + 'static,
     {
+        Self::spawn_with_tls(config, NoTls, cache, options)
+    }
+
+    /// Like [`spawn`](Self::spawn), connecting through `tls` (for instance a
+    /// `postgres-native-tls` or `tokio-postgres-rustls` connector).
+    #[must_use = "dropping the listener stops it"]
+    pub fn spawn_with_tls<S, T>(
+        mut config: tokio_postgres::Config,
+        tls: T,
+        cache: &Arc<CachingStore<S>>,
+        mut options: ListenOptions,
+    ) -> Self
+    where
+        S: ?Sized + Send + Sync + 'static,
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        // Zero would spin: every wait is at least 10 ms.
+        const LEAST: Duration = Duration::from_millis(10);
+        options.ping_every = options.ping_every.max(LEAST);
+        options.max_backoff = options.max_backoff.max(LEAST);
+        options.connect_timeout = options.connect_timeout.max(LEAST);
         config.application_name(LISTEN_APPLICATION_NAME);
         config.connect_timeout(options.connect_timeout);
+        // The server, too, notices a client that vanished: a listening session that nobody
+        // reads holds back the notification queue for everyone.
+        let mut server_options = config.get_options().unwrap_or_default().to_owned();
+        for setting in [
+            "-c tcp_keepalives_idle=30",
+            "-c tcp_keepalives_interval=10",
+            "-c tcp_keepalives_count=3",
+        ] {
+            if !server_options.contains(&setting[3..setting.find('=').unwrap_or(3)]) {
+                if !server_options.is_empty() {
+                    server_options.push(' ');
+                }
+                server_options.push_str(setting);
+            }
+        }
+        config.options(&server_options);
         let state = ListenerState(Arc::new(AtomicBool::new(false)));
         disconnected(cache, &options, &state);
         let task = tokio::spawn(run(
             config,
+            tls,
             Arc::downgrade(cache),
             options.clone(),
             state.clone(),
@@ -187,43 +246,96 @@ enum Ended {
     CacheGone,
     /// The connection failed or stopped answering.
     Lost(String),
+    /// Connected, but the database has no (enabled) change trigger: nothing would arrive.
+    NoTrigger,
 }
 
-async fn run<S>(
+/// Returns the cache to the short TTL however the task ends — aborted while it was switching to
+/// the long one, or panicking.
+struct Disconnect<'a, S: ?Sized> {
+    cache: &'a Weak<CachingStore<S>>,
+    options: &'a ListenOptions,
+    state: &'a ListenerState,
+}
+
+impl<S: ?Sized> Drop for Disconnect<'_, S> {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache.upgrade() {
+            disconnected(&cache, self.options, self.state);
+        }
+    }
+}
+
+async fn run<S, T>(
     config: tokio_postgres::Config,
+    tls: T,
     cache: Weak<CachingStore<S>>,
     options: ListenOptions,
     state: ListenerState,
 ) where
     S: ?Sized + Send + Sync + 'static,
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
     const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    let _guard = Disconnect {
+        cache: &cache,
+        options: &options,
+        state: &state,
+    };
     let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 0u64;
+    let mut failures = 0u64;
+    let mut said_no_trigger = false;
+    let mut previous_pid: Option<i32> = None;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&config, &cache, &options, &state).await {
+        let was_connected;
+        match session(
+            &config,
+            tls.clone(),
+            &cache,
+            &options,
+            &state,
+            &mut previous_pid,
+        )
+        .await
+        {
             Ended::CacheGone => return,
-            Ended::Lost(error) => {
+            ended => {
                 let Some(strong) = cache.upgrade() else {
                     return;
                 };
-                let was_connected = state.is_connected();
+                was_connected = state.is_connected();
                 disconnected(&strong, &options, &state);
                 drop(strong);
-                if was_connected {
-                    tracing::warn!(%error, ttl = ?options.disconnected_ttl, "change listener lost its connection; reconnecting (decisions cached for the short TTL meanwhile)");
-                } else if attempt % 20 == 0 {
-                    tracing::warn!(%error, attempts = attempt + 1, "change listener cannot connect; retrying");
+                match ended {
+                    Ended::NoTrigger if !said_no_trigger => {
+                        said_no_trigger = true;
+                        tracing::error!("change listener: the database has no enabled change-notification trigger (migration V4, `tower_budget_notify_change` on `workspaces`): decisions stay on the short TTL until it is there");
+                    }
+                    Ended::NoTrigger => {}
+                    Ended::Lost(error) if was_connected => {
+                        tracing::warn!(%error, ttl = ?options.disconnected_ttl, "change listener lost its connection; reconnecting (decisions cached for the short TTL meanwhile)");
+                    }
+                    Ended::Lost(error) => {
+                        if failures % 20 == 0 {
+                            tracing::warn!(%error, attempts = failures + 1, "change listener cannot connect; retrying");
+                        }
+                    }
+                    Ended::CacheGone => return,
                 }
             }
         }
-        // A session that lived a while starts the backoff over.
-        if started.elapsed() > options.max_backoff * 2 {
+        // A session that lived a while starts the backoff (and the count) over.
+        if was_connected || started.elapsed() > options.max_backoff * 2 {
             backoff = FIRST_BACKOFF;
+            failures = 0;
+        } else {
+            failures += 1;
         }
-        attempt += 1;
-        tokio::time::sleep(jittered(backoff, attempt)).await;
+        tokio::time::sleep(jittered(backoff, failures)).await;
         backoff = (backoff * 2).min(options.max_backoff);
     }
 }
@@ -240,11 +352,18 @@ fn disconnected<S: ?Sized>(
     options: &ListenOptions,
     state: &ListenerState,
 ) {
-    // Order: the short TTL before anything else reads the flag as "not connected".
+    // The short TTL first: nothing reads "not connected" while the long one still applies.
     cache.set_token_caching(false);
     cache.set_ttl(options.disconnected_ttl);
     state.0.store(false, Ordering::Release);
     metrics::gauge!("tower_budget_listener_connected").set(0.0);
+}
+
+fn connected<S: ?Sized>(cache: &CachingStore<S>, options: &ListenOptions, state: &ListenerState) {
+    cache.set_ttl(options.connected_ttl);
+    cache.set_token_caching(true);
+    state.0.store(true, Ordering::Release);
+    metrics::gauge!("tower_budget_listener_connected").set(1.0);
 }
 
 /// Aborts a task when dropped.
@@ -256,31 +375,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One connection's life: connect, `LISTEN`, drop the cache, then apply notifications until the
-/// connection fails or stops answering pings.
-async fn session<S>(
+/// Probes in a row that may fail before the session is given up.
+const PROBES_BEFORE_RECONNECT: u32 = 5;
+
+/// One connection's life: connect, `LISTEN`, check the trigger, drop the cache, then apply
+/// notifications and probe the path they take until the connection fails.
+async fn session<S, T>(
     config: &tokio_postgres::Config,
+    tls: T,
     cache: &Weak<CachingStore<S>>,
     options: &ListenOptions,
     state: &ListenerState,
+    previous_pid: &mut Option<i32>,
 ) -> Ended
 where
     S: ?Sized + Send + Sync + 'static,
+    T: MakeTlsConnect<Socket> + Send + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    let connect = tokio::time::timeout(
-        options.connect_timeout,
-        config.connect(tokio_postgres::NoTls),
-    );
-    let (client, mut connection) = match connect.await {
+    let timeout = options.connect_timeout;
+    let (client, mut connection) = match tokio::time::timeout(timeout, config.connect(tls)).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Ended::Lost(e.to_string()),
-        Err(_) => {
-            return Ended::Lost(format!(
-                "no connection within {:?}",
-                options.connect_timeout
-            ))
-        }
+        Ok(Err(e)) => return Ended::Lost(describe(&e)),
+        Err(_) => return Ended::Lost(format!("no connection within {timeout:?}")),
     };
+    // Probes carry a token of this session: the driver reports the last one it received.
+    let token = {
+        use std::hash::BuildHasher;
+        foldhash::fast::RandomState::default().hash_one(std::time::SystemTime::now())
+    };
+    let probe_prefix = format!("probe:{token:x}:");
+    let (probe_seen, mut probes) = watch::channel(0u64);
     // The connection is driven by a task of its own, which also applies the notifications.
     let weak = cache.clone();
     let mut driver = AbortOnDrop(tokio::spawn(async move {
@@ -289,24 +416,49 @@ where
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
+                    let payload = n.payload();
+                    if let Some(n) = payload.strip_prefix(&probe_prefix) {
+                        if let Ok(n) = n.parse() {
+                            let _ = probe_seen.send(n);
+                        }
+                        continue;
+                    }
                     let Some(cache) = weak.upgrade() else {
                         return Ok(());
                     };
                     notifications.increment(1);
-                    apply(&cache, n.payload());
+                    apply(&cache, payload);
                 }
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(describe(&e)),
             }
         }
         Err("the database closed the connection".to_owned())
     }));
     let statement = format!("LISTEN {CHANNEL}");
-    let listen = tokio::time::timeout(options.connect_timeout, client.batch_execute(&statement));
-    match listen.await {
+    match tokio::time::timeout(timeout, client.batch_execute(&statement)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Ended::Lost(e.to_string()),
-        Err(_) => return Ended::Lost(format!("LISTEN took over {:?}", options.connect_timeout)),
+        Ok(Err(e)) => return Ended::Lost(describe(&e)),
+        Err(_) => return Ended::Lost(format!("LISTEN took over {timeout:?}")),
+    }
+    // Notifications come from the V4 trigger: on a database without it (not migrated, or the
+    // trigger disabled) nothing would ever arrive, and the long TTL would be a lie.
+    match tokio::time::timeout(timeout, client.query_one(TRIGGER_AND_PID.as_str(), &[])).await {
+        Ok(Ok(row)) if row.get::<_, bool>(0) => {
+            let pid: i32 = row.get(1);
+            // The session this one replaces may linger on the server (a half-open socket);
+            // it holds back the notification queue until it goes. Best effort.
+            if let Some(old) = previous_pid.replace(pid) {
+                let _ = tokio::time::timeout(
+                    timeout,
+                    client.execute("SELECT pg_terminate_backend($1)", &[&old]),
+                )
+                .await;
+            }
+        }
+        Ok(Ok(_)) => return Ended::NoTrigger,
+        Ok(Err(e)) => return Ended::Lost(describe(&e)),
+        Err(_) => return Ended::Lost(format!("no answer within {timeout:?}")),
     }
     // From here every commit is notified; what came before may have been missed.
     {
@@ -314,15 +466,13 @@ where
             return Ended::CacheGone;
         };
         cache.clear();
-        cache.set_ttl(options.connected_ttl);
-        cache.set_token_caching(true);
+        connected(&cache, options, state);
     }
-    state.0.store(true, Ordering::Release);
-    metrics::gauge!("tower_budget_listener_connected").set(1.0);
     tracing::info!(ttl = ?options.connected_ttl, "change listener connected: cache in step with every replica");
     let mut ping = tokio::time::interval(options.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let (mut sent, mut late) = (0u64, 0u32);
     loop {
         tokio::select! {
             ended = &mut driver.0 => {
@@ -333,23 +483,65 @@ where
                 };
             }
             _ = ping.tick() => {
-                if cache.strong_count() == 0 {
-                    return Ended::CacheGone;
-                }
-                match tokio::time::timeout(options.ping_every, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
-                    Err(_) => return Ended::Lost(format!("no answer to a ping within {:?}", options.ping_every)),
+                let Some(strong) = cache.upgrade() else { return Ended::CacheGone };
+                sent += 1;
+                let payload = format!("probe:{token:x}:{sent}");
+                let probe = async {
+                    let row = client.query_one(PROBE.as_str(), &[&payload]).await.map_err(|e| describe(&e))?;
+                    if !row.get::<_, bool>(0) {
+                        return Ok(false);
+                    }
+                    // Delivered in order: once it is back, so is everything committed before it.
+                    probes.wait_for(|seen| *seen >= sent).await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(true)
+                };
+                match tokio::time::timeout(options.ping_every, probe).await {
+                    Ok(Ok(true)) => {
+                        if late > 0 {
+                            late = 0;
+                            connected(&strong, options, state);
+                            tracing::info!("change listener: notifications arrive again");
+                        }
+                    }
+                    Ok(Ok(false)) => return Ended::NoTrigger,
+                    Ok(Err(e)) => return Ended::Lost(e),
+                    Err(_) => {
+                        late += 1;
+                        if late == 1 {
+                            // Slow, not lost: what is queued on this session still arrives.
+                            disconnected(&strong, options, state);
+                            tracing::warn!(wait = ?options.ping_every, "change listener: a probe did not come back in time; decisions cached for the short TTL until one does");
+                        }
+                        if late >= PROBES_BEFORE_RECONNECT {
+                            return Ended::Lost(format!("{late} probes in a row did not come back"));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// One notification: `budget:<id>` drops the workspace's budget answers, `agent:<id>` (and any
-/// kind this version does not know) everything cached for it.
+/// The error with its cause (tokio-postgres says only "db error" at the top).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// One notification: `budget:<id>` drops the workspace's budget answers, `all:` everything
+/// (a TRUNCATE, an id too long to name), `agent:<id>` and any kind this version does not know
+/// everything cached for that workspace.
 fn apply<S: ?Sized>(cache: &CachingStore<S>, payload: &str) {
     let (kind, id) = payload.split_once(':').unwrap_or(("", payload));
+    if kind == "all" {
+        cache.clear();
+        return;
+    }
     // An id the gateway would refuse is never cached.
     let Ok(workspace) = WorkspaceId::new(id) else {
         return;

@@ -41,6 +41,7 @@ use crate::clock::Clock;
 use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
+mod heartbeats;
 mod listen;
 mod migrate;
 mod sql;
@@ -219,6 +220,8 @@ pub struct PgStore {
     /// `None`: the database's clock. Tests inject one to place events at exact instants.
     clock: Option<Arc<dyn Clock>>,
     query_timeout: Duration,
+    /// Concurrent heartbeats share a transaction (see `heartbeats`).
+    heartbeats: Arc<heartbeats::Heartbeats>,
 }
 
 /// The database did not answer a store call in time.
@@ -232,6 +235,10 @@ impl PgStore {
     /// A store on `pool`, whose database has been [`migrate`]d.
     pub fn new(pool: Pool) -> Self {
         PgStore {
+            heartbeats: Arc::new(heartbeats::Heartbeats::new(
+                pool.clone(),
+                DEFAULT_QUERY_TIMEOUT,
+            )),
             pool,
             clock: None,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
@@ -251,6 +258,7 @@ impl PgStore {
     #[must_use]
     pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
         self.query_timeout = timeout;
+        self.heartbeats = Arc::new(heartbeats::Heartbeats::new(self.pool.clone(), timeout));
         self
     }
 
@@ -270,21 +278,7 @@ impl PgStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let limit = self.query_timeout;
-        let task = tokio::spawn(async move {
-            let mut client = pool.get().await.map_err(StoreError::unavailable)?;
-            let outcome = tokio::time::timeout(limit, op(&mut client)).await;
-            match outcome {
-                Ok(result) => result,
-                Err(_) => {
-                    // Its statement may still be running: never hand this connection out again.
-                    drop(Object::take(client));
-                    Err(StoreError::unavailable(QueryTimeout(limit)))
-                }
-            }
-        });
-        task.await.map_err(StoreError::unavailable)?
+        run_on(self.pool.clone(), self.query_timeout, op).await
     }
 
     /// One statement, at most one row.
@@ -312,6 +306,29 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// Runs `op` on a connection from `pool` as a task of its own, bounded by `limit` once it has
+/// the connection: a caller that stops waiting does not cancel it half-way, and a connection
+/// whose statement overran is closed, not reused.
+async fn run_on<T, F>(pool: Pool, limit: Duration, op: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let mut client = pool.get().await.map_err(StoreError::unavailable)?;
+        let outcome = tokio::time::timeout(limit, op(&mut client)).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // Its statement may still be running: never hand this connection out again.
+                drop(Object::take(client));
+                Err(StoreError::unavailable(QueryTimeout(limit)))
+            }
+        }
+    });
+    task.await.map_err(StoreError::unavailable)?
 }
 
 fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
@@ -442,26 +459,7 @@ impl BudgetStore for PgStore {
     }
 
     async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
-        let seq = hb.seq.map(|s| s.to_string());
-        let row = self
-            .query_opt(
-                sql::RECORD_HEARTBEAT,
-                vec![
-                    Box::new(hb.workspace.to_string()),
-                    Box::new(hb.reported_cents()),
-                    Box::new(seq),
-                    Box::new(self.now()),
-                ],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Refused("heartbeat function returned no row".into()))?;
-        if !row.get::<_, bool>(0) {
-            return Err(StoreError::NotFound);
-        }
-        Ok(HeartbeatOutcome {
-            recorded_delta_cents: row.get(1),
-            stale: row.get(2),
-        })
+        self.heartbeats.record(hb, self.now()).await
     }
 
     async fn list_workspaces(
