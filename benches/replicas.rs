@@ -76,41 +76,27 @@ async fn rpc(gw: &Gateway, id: &str) -> StatusCode {
 }
 
 async fn patch(gw: &Gateway, id: &str, limits: serde_json::Value) {
-    let r = gw
-        .call(
-            Method::PATCH,
-            &format!("/workspaces/{id}/budget"),
-            Some(ADMIN),
-            Some(&json!({ "budget_limits": limits })),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    gw.patch_limits(id, limits).await
 }
 
 async fn get_budget(gw: &Gateway, id: &str, token: &str) -> StatusCode {
-    gw.call(
-        Method::GET,
-        &format!("/workspaces/{id}/budget"),
-        Some(token),
-        None,
-    )
-    .await
-    .status
+    gw.budget(id, token).await.status
 }
 
-/// Waits until every gateway says its listener is connected.
-async fn until_listening(gateways: &[&Gateway]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for gw in gateways {
-        loop {
-            let r = gw.call(Method::GET, "/healthz", None, None).await;
-            if r.json["listener"] == "connected" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "listener not connected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+/// Limits PATCH trials: the hourly limit toggles between 0 and none.
+async fn patch_trials(a: &Gateway, others: &[&Gateway], id: &str, trials: u64) -> Vec<Duration> {
+    let mut all = Vec::new();
+    for trial in 0..trials {
+        let (limit, want) = if trial % 2 == 0 {
+            (json!(0), StatusCode::PAYMENT_REQUIRED)
+        } else {
+            (json!(null), StatusCode::OK)
+        };
+        patch(a, id, json!({ "hourly": limit })).await;
+        let written = Instant::now();
+        all.extend(lags(others, written, want, async |g| rpc(g, id).await).await);
     }
+    all
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -132,7 +118,7 @@ fn report(kind: &str, mut lags: Vec<Duration>) {
 async fn propagation(gateways: &[Gateway], agent_url: &str, url: &str, trials: u64) {
     let a = &gateways[0];
     let others = [&gateways[1], &gateways[2]];
-    until_listening(&[a, others[0], others[1]]).await;
+    gateway::until_listening(&[a, others[0], others[1]]).await;
     println!("| write through one gateway | samples (2 replicas × trials) | p50 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
 
@@ -142,17 +128,7 @@ async fn propagation(gateways: &[Gateway], agent_url: &str, url: &str, trials: u
     for gw in others {
         changed(gw, StatusCode::OK, async |g| rpc(g, id).await).await;
     }
-    let mut patch_lags = Vec::new();
-    for trial in 0..trials {
-        let (limit, want) = if trial % 2 == 0 {
-            (json!(0), StatusCode::PAYMENT_REQUIRED)
-        } else {
-            (json!(null), StatusCode::OK)
-        };
-        patch(a, id, json!({ "hourly": limit })).await;
-        let written = Instant::now();
-        patch_lags.extend(lags(&others, written, want, async |g| rpc(g, id).await).await);
-    }
+    let patch_lags = patch_trials(a, &others, id, trials).await;
     report("limits PATCH", patch_lags);
 
     // Heartbeat: each trial lifts the limit above the spend (not measured), then one heartbeat
@@ -252,23 +228,13 @@ async fn propagation(gateways: &[Gateway], agent_url: &str, url: &str, trials: u
     let _ = conn.await;
     // The processes notice at once (the server closes the socket); wait until all are back.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    until_listening(&[a, others[0], others[1]]).await;
+    gateway::until_listening(&[a, others[0], others[1]]).await;
     println!(
         "\n(listen connections terminated; all three reconnected within {:.0} ms)\n",
         killed.elapsed().as_secs_f64() * 1e3
     );
     let id = "lag-patch";
-    let mut after = Vec::new();
-    for trial in 0..trials {
-        let (limit, want) = if trial % 2 == 0 {
-            (json!(0), StatusCode::PAYMENT_REQUIRED)
-        } else {
-            (json!(null), StatusCode::OK)
-        };
-        patch(a, id, json!({ "hourly": limit })).await;
-        let written = Instant::now();
-        after.extend(lags(&others, written, want, async |g| rpc(g, id).await).await);
-    }
+    let after = patch_trials(a, &others, id, trials).await;
     report(
         "limits PATCH, after the listeners were terminated and came back",
         after,
@@ -365,7 +331,7 @@ end
         ("default: 30 s while listening", vec![]),
     ] {
         let gw = start(&extra);
-        rt.block_on(until_listening(&[&gw]));
+        rt.block_on(gateway::until_listening(&[&gw]));
         let target = gw.url("/");
         wrk(&target, &script, seconds);
         let before = rt.block_on(transactions(&url));

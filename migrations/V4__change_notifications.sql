@@ -64,22 +64,3 @@ DROP TRIGGER IF EXISTS tower_budget_notify_truncate ON workspaces;
 CREATE TRIGGER tower_budget_notify_truncate
     AFTER TRUNCATE ON workspaces
     FOR EACH STATEMENT EXECUTE FUNCTION tower_budget_notify_change();
-
--- Heartbeats in groups: the commits of notifying transactions are serialised (PostgreSQL holds a
--- database-wide lock from the notification until the commit is flushed), so the store writes
--- the reports that arrive together in one transaction. Applied in array order, each exactly as
--- the single-report function applies it; one row per report, in the same order.
-CREATE OR REPLACE FUNCTION tower_budget_record_heartbeats(
-    p_workspace_ids TEXT[],
-    p_reported      BIGINT[],
-    p_seqs          NUMERIC[],
-    p_ats           TIMESTAMPTZ[])
-RETURNS TABLE (o_known BOOLEAN, o_delta_cents BIGINT, o_stale BOOLEAN)
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    FOR i IN 1 .. COALESCE(array_length(p_workspace_ids, 1), 0) LOOP
-        RETURN QUERY SELECT h.o_known, h.o_delta_cents, h.o_stale
-            FROM tower_budget_record_heartbeat(p_workspace_ids[i], p_reported[i], p_seqs[i], p_ats[i]) h;
-    END LOOP;
-END
-$fn$;

@@ -368,3 +368,81 @@ async fn a_call_given_up_on_releases_its_connection() {
         assert!(matches!(answer, Ok(Ok(_))), "{w}");
     }
 }
+
+/// Heartbeats written in groups keep each workspace's order: two reports of one workspace sent
+/// together (100, then 150, no `seq`) count 150 — applied the other way round they would read
+/// as a reset and count 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_heartbeats_keep_each_workspaces_order() {
+    let (store, _client) = store_and_client().await;
+    let ids: Vec<WorkspaceId> = (0..40).map(|i| ws(&format!("grp-{i}"))).collect();
+    for w in &ids {
+        store.register(w).await.unwrap();
+    }
+    // Everything queued at once: the reports share groups.
+    let reports = ids.iter().flat_map(|w| {
+        [100, 150].map(|cents| {
+            let store = store.clone();
+            let w = w.clone();
+            async move {
+                store
+                    .record_heartbeat(&Heartbeat::new(w, Some(cents), None))
+                    .await
+            }
+        })
+    });
+    for outcome in futures_util::future::join_all(reports).await {
+        outcome.unwrap();
+    }
+    for w in &ids {
+        assert_eq!(
+            store.status(w).await.unwrap().spend[Period::MONTHLY],
+            150,
+            "{w}"
+        );
+    }
+}
+
+/// A row held by another transaction fails its heartbeat's group after the lock timeout (2 s),
+/// not after the statement timeout; the next group is written as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_row_fails_its_group_within_the_lock_timeout() {
+    let (store, mut client) = store_and_client().await;
+    let (locked, free) = (ws("locked-row"), ws("free-row"));
+    store.register(&locked).await.unwrap();
+    store.register(&free).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE",
+        &[&locked.to_string()],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = store
+        .record_heartbeat(&Heartbeat::new(locked.clone(), Some(10), None))
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(outcome, Err(StoreError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
+        "waited {waited:?}"
+    );
+    tx.rollback().await.unwrap();
+    let ok = store
+        .record_heartbeat(&Heartbeat::new(free.clone(), Some(10), None))
+        .await
+        .unwrap();
+    assert_eq!(ok.recorded_delta_cents, 10);
+    let retried = store
+        .record_heartbeat(&Heartbeat::new(locked.clone(), Some(10), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.recorded_delta_cents, 10,
+        "nothing of the failed group landed"
+    );
+}

@@ -31,25 +31,11 @@ async fn rpc(gw: &Gateway, id: &str) -> StatusCode {
 }
 
 async fn patch(gw: &Gateway, id: &str, limits: Value) {
-    let r = gw
-        .call(
-            Method::PATCH,
-            &format!("/workspaces/{id}/budget"),
-            Some(ADMIN),
-            Some(&json!({ "budget_limits": limits })),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    gw.patch_limits(id, limits).await
 }
 
 async fn budget_get(gw: &Gateway, id: &str, token: &str) -> Reply {
-    gw.call(
-        Method::GET,
-        &format!("/workspaces/{id}/budget"),
-        Some(token),
-        None,
-    )
-    .await
+    gw.budget(id, token).await
 }
 
 /// Polls `probe` until it returns `want` on every gateway, within the deadline.
@@ -76,25 +62,12 @@ async fn until_all(
     }
 }
 
-/// `/healthz` says whether the change listener is connected.
 async fn listener_connected(gw: &Gateway) -> bool {
-    let r = gw.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!(r.json["store"], "postgres", "{:?}", r.json);
-    r.json["listener"] == "connected"
+    gw.listener_connected().await
 }
 
-async fn until_listening(gateways: &[&Gateway], what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for gw in gateways {
-        while !listener_connected(gw).await {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: gateway {} not listening within 20 s",
-                gw.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+async fn until_listening(gateways: &[&Gateway], _what: &str) {
+    common::gateway::until_listening(gateways).await
 }
 
 /// A metric's value in a gateway's `/metrics` (0 when absent).

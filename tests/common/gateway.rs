@@ -22,6 +22,21 @@ pub fn binary() -> PathBuf {
     BIN.get_or_init(|| example("gateway")).clone()
 }
 
+/// Waits (≤ 30 s) until every gateway's change listener is connected.
+pub async fn until_listening(gateways: &[&Gateway]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for gw in gateways {
+        while !gw.listener_connected().await {
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} not listening within 30 s",
+                gw.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Builds the example gateway in release mode into `target_dir` (for benches) and returns its path.
 pub fn release_build(target_dir: &std::path::Path) -> PathBuf {
     let status = Command::new(env!("CARGO"))
@@ -165,6 +180,37 @@ impl Gateway {
             Some(&body),
         )
         .await
+    }
+
+    /// Patches `id`'s limits as the admin (asserts a 200).
+    pub async fn patch_limits(&self, id: &str, limits: Value) {
+        let r = self
+            .call(
+                Method::PATCH,
+                &format!("/workspaces/{id}/budget"),
+                Some(ADMIN),
+                Some(&serde_json::json!({ "budget_limits": limits })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    }
+
+    /// `GET /workspaces/{id}/budget` with `token`.
+    pub async fn budget(&self, id: &str, token: &str) -> Reply {
+        self.call(
+            Method::GET,
+            &format!("/workspaces/{id}/budget"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// Whether `/healthz` says the change listener is connected.
+    pub async fn listener_connected(&self) -> bool {
+        let r = self.call(Method::GET, "/healthz", None, None).await;
+        assert_eq!(r.json["store"], "postgres", "{:?}", r.json);
+        r.json["listener"] == "connected"
     }
 
     pub fn url(&self, path: &str) -> String {

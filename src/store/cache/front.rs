@@ -4,9 +4,9 @@
 //! The [`CachingStore`] is shared by every worker thread; even a read of it takes its lock, and
 //! under load the lock's cache line moves between cores on every request. Each thread therefore
 //! keeps a small direct-mapped table of the status entries it has read. An entry is served while
-//! its TTL runs and while the shared entry it was copied from is still the workspace's entry: a
-//! write through the store (PATCH, heartbeat) or an eviction clears the entry's `current` flag,
-//! which the front reads without a lock. So the front changes nothing a caller can see: same
+//! the cache's TTL (for a refusal at most `MAX_REFUSAL_AGE`) runs and while the shared entry it
+//! was copied from is still the workspace's entry: a write through the store (PATCH, heartbeat)
+//! or an eviction clears the entry's `current` flag, which the front reads without a lock. So the front changes nothing a caller can see: same
 //! answers, same staleness, same metrics.
 
 use std::cell::RefCell;

@@ -1,35 +1,42 @@
 //! Heartbeats written in groups: concurrent reports share one transaction.
 //!
 //! Every transaction that records spend also notifies the other replicas (the V4 trigger), and
-//! PostgreSQL serialises the commits of notifying transactions: it holds a database-wide lock
-//! from the notification until the commit record is on disk. One heartbeat per transaction then
-//! costs one disk flush each, in turn — about a third of the throughput without notifications
-//! (BENCHMARKS.md). So reports that arrive while earlier ones are being written wait in a queue
-//! and go together, in one statement (`tower_budget_record_heartbeats`, which applies them in
-//! order, each exactly as the single-report function does): one flush and one notification
-//! lock per group. When the store is idle a report goes alone, at once.
+//! PostgreSQL serialises the commits of notifying transactions: it holds a lock from the
+//! notification until the commit record is on disk. One heartbeat per transaction then costs one
+//! disk flush each, in turn — about a third of the throughput without notifications
+//! (BENCHMARKS.md). So reports that arrive while a group is being written wait in a queue and go
+//! together in the next one: one transaction, one statement per report (each names its one
+//! workspace; they are pipelined, so the group costs one round trip), one flush and one
+//! notification lock. When the store is idle a report goes alone, at once.
 //!
-//! Groups in flight at the same time lock their workspaces' rows in workspace-id order (reports
-//! of one workspace keep their arrival order), so they cannot deadlock each other. A caller that
-//! stops waiting does not take its report back: it is written with its group, as a single
-//! report used to be written by a task of its own.
+//! Two lanes, each writing one group at a time: a workspace always goes to the same lane (by a
+//! hash of its id), so its reports are applied in the order they were queued, and the lanes
+//! never touch the same rows (one lane's group can run while the other's commits). Within a
+//! group, reports are applied in workspace-id order (a stable sort: each workspace's reports keep
+//! their order), so groups of different processes lock rows in the same order and cannot
+//! deadlock. A row held by another transaction fails the group after the lock
+//! timeout (2 s), not the statement timeout. A caller that stops waiting does not take its
+//! report back: it is written with its group, as a single report used to be written by a task of
+//! its own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
-use super::{db, run_on, sql};
+use super::{db, run_on, sql, QueryTimeout};
 use crate::store::{Heartbeat, HeartbeatOutcome, StoreError};
 
 /// Most reports in one group.
-const MAX_GROUP: usize = 512;
-/// Groups written at the same time (each holds a pooled connection while it runs).
-const GROUPS_IN_FLIGHT: usize = 4;
-/// Reports waiting for a group; beyond it callers wait to enqueue.
-const QUEUE: usize = 8_192;
+const MAX_GROUP: usize = 256;
+/// Reports waiting for a group; beyond it a report is refused at once (503 at the API).
+const QUEUE: usize = 4_096;
+/// How long a group waits for a row lock before it gives up.
+const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 
 struct Report {
     heartbeat: Heartbeat,
@@ -38,10 +45,16 @@ struct Report {
     answer: oneshot::Sender<Result<HeartbeatOutcome, StoreError>>,
 }
 
-/// The queue in front of the group writer, started on first use (a store is made outside any
-/// runtime) and again if the runtime it ran on has gone.
+/// Lanes of groups written at the same time. Measured with the ingest bench (BENCHMARKS.md):
+/// one lane leaves the database idle while a group commits.
+const LANES: usize = 2;
+
+type Lane = Mutex<Option<mpsc::Sender<Report>>>;
+
+/// The queues in front of the group writers, each started on first use (a store is made outside
+/// any runtime) and again if the runtime it ran on has gone.
 pub(super) struct Heartbeats {
-    sender: Mutex<Option<mpsc::Sender<Report>>>,
+    lanes: [Lane; LANES],
     pool: Pool,
     query_timeout: Duration,
 }
@@ -55,13 +68,15 @@ impl std::fmt::Debug for Heartbeats {
 impl Heartbeats {
     pub(super) fn new(pool: Pool, query_timeout: Duration) -> Self {
         Heartbeats {
-            sender: Mutex::new(None),
+            lanes: Default::default(),
             pool,
             query_timeout,
         }
     }
 
-    /// Records `heartbeat` with its group.
+    /// Records `heartbeat` with its group. Bounded: a full queue refuses at once, and the
+    /// answer comes within the time of the group ahead and its own (each bounded by the pool's
+    /// wait and the query timeout).
     pub(super) async fn record(
         &self,
         heartbeat: &Heartbeat,
@@ -73,26 +88,37 @@ impl Heartbeats {
             at,
             answer,
         };
+        let lane = {
+            use std::hash::BuildHasher;
+            let seed = foldhash::fast::FixedState::with_seed(0x6c61_6e65);
+            &self.lanes[(seed.hash_one(&heartbeat.workspace) as usize) % LANES]
+        };
         // At most twice: the second time with a writer started afresh.
         for _ in 0..2 {
-            let sender = self.sender();
-            match sender.send(report).await {
+            let sender = self.sender(lane);
+            match sender.try_send(report) {
                 Ok(()) => {
-                    return answered
-                        .await
-                        .unwrap_or_else(|_| Err(StoreError::unavailable(GroupLost)))
+                    let limit = 2 * (self.query_timeout + POOL_WAIT);
+                    return match tokio::time::timeout(limit, answered).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(_)) => Err(StoreError::unavailable(GroupLost)),
+                        Err(_) => Err(StoreError::unavailable(QueryTimeout(limit))),
+                    };
                 }
-                Err(mpsc::error::SendError(back)) => {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(StoreError::unavailable(QueueFull))
+                }
+                Err(mpsc::error::TrySendError::Closed(back)) => {
                     report = back;
-                    self.forget(&sender);
+                    Self::forget(lane, &sender);
                 }
             }
         }
         Err(StoreError::unavailable(GroupLost))
     }
 
-    fn sender(&self) -> mpsc::Sender<Report> {
-        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+    fn sender(&self, lane: &Lane) -> mpsc::Sender<Report> {
+        let mut sender = lane.lock().unwrap_or_else(|e| e.into_inner());
         sender
             .get_or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -103,27 +129,32 @@ impl Heartbeats {
     }
 
     /// Drops a sender whose writer is gone (its runtime shut down), unless already replaced.
-    fn forget(&self, dead: &mpsc::Sender<Report>) {
-        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+    fn forget(lane: &Lane, dead: &mpsc::Sender<Report>) {
+        let mut sender = lane.lock().unwrap_or_else(|e| e.into_inner());
         if sender.as_ref().is_some_and(|s| s.same_channel(dead)) {
             *sender = None;
         }
     }
 }
 
+/// The longest a group waits for a pooled connection (the pool's default wait timeout).
+const POOL_WAIT: Duration = Duration::from_secs(2);
+
 /// The report's group was not written and no answer came back (the runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the heartbeat's group was not written")]
 struct GroupLost;
 
-/// Takes what is queued, up to a group, whenever a group may start; ends with the queue.
+/// More reports are waiting than the queue holds.
+#[derive(Debug, thiserror::Error)]
+#[error("too many heartbeats waiting to be written")]
+struct QueueFull;
+
+/// Takes what is queued, up to a group, whenever the previous group is written; ends with the
+/// queue.
 async fn write_groups(mut queue: mpsc::Receiver<Report>, pool: Pool, query_timeout: Duration) {
-    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        // Whatever arrived while the previous groups were being written goes now.
+        // Whatever arrived while the previous group was being written goes now.
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
@@ -131,44 +162,54 @@ async fn write_groups(mut queue: mpsc::Receiver<Report>, pool: Pool, query_timeo
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write(group, pool, query_timeout).await;
-            drop(permit);
-        });
+        write(group, pool.clone(), query_timeout).await;
     }
 }
 
-/// One group in one statement; every report gets its own answer (or the group's error).
+/// One group in one transaction; every report gets its own answer (or the group's error).
 async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
     // Lock order: by workspace; a stable sort keeps each workspace's reports in arrival order.
     group.sort_by(|a, b| a.heartbeat.workspace.cmp(&b.heartbeat.workspace));
-    let ids: Vec<String> = group
+    let params: Vec<_> = group
         .iter()
-        .map(|r| r.heartbeat.workspace.to_string())
+        .map(|r| {
+            (
+                r.heartbeat.workspace.to_string(),
+                r.heartbeat.reported_cents(),
+                r.heartbeat.seq.map(|s| s.to_string()),
+                r.at,
+            )
+        })
         .collect();
-    let reported: Vec<i64> = group.iter().map(|r| r.heartbeat.reported_cents()).collect();
-    let seqs: Vec<Option<String>> = group
-        .iter()
-        .map(|r| r.heartbeat.seq.map(|s| s.to_string()))
-        .collect();
-    let ats: Vec<Option<DateTime<Utc>>> = group.iter().map(|r| r.at).collect();
-    let n = group.len();
     let rows = run_on(pool, query_timeout, move |client| {
         Box::pin(async move {
             let stmt = client
-                .prepare_cached(sql::RECORD_HEARTBEATS)
+                .prepare_cached(sql::RECORD_HEARTBEAT)
                 .await
                 .map_err(db)?;
-            client
-                .query(&stmt, &[&ids, &reported, &seqs, &ats])
-                .await
-                .map_err(db)
+            let tx = client.transaction().await.map_err(db)?;
+            let args: Vec<[&(dyn ToSql + Sync); 4]> = params
+                .iter()
+                .map(|(id, reported, seq, at)| [id as &(dyn ToSql + Sync), reported, seq, at])
+                .collect();
+            // Sent without waiting for each answer: one round trip for the group.
+            let (set, rows) = futures_util::future::join(
+                tx.batch_execute(LOCK_TIMEOUT),
+                join_all(args.iter().map(|a| tx.query_one(&stmt, a))),
+            )
+            .await;
+            set.map_err(db)?;
+            let rows = rows
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(rows)
         })
     })
     .await;
     match rows {
-        Ok(rows) if rows.len() == n => {
+        Ok(rows) => {
             for (report, row) in group.into_iter().zip(rows) {
                 let outcome = if row.get::<_, bool>(0) {
                     Ok(HeartbeatOutcome {
@@ -181,21 +222,10 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                 let _ = report.answer.send(outcome);
             }
         }
-        Ok(rows) => {
-            let message = format!(
-                "the heartbeat function returned {} rows for {n}",
-                rows.len()
-            );
-            for report in group {
-                let _ = report
-                    .answer
-                    .send(Err(StoreError::Refused(message.clone())));
-            }
-        }
         Err(e) => {
             // One error for the whole group: nothing of it was written (short of an
             // ambiguous commit, as for a single report).
-            let e = Arc::new(e);
+            let e = std::sync::Arc::new(e);
             for report in group {
                 let _ = report
                     .answer
@@ -207,7 +237,7 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
 
 /// A group's error, handed to each of its reports.
 #[derive(Debug)]
-struct SharedError(Arc<StoreError>);
+struct SharedError(std::sync::Arc<StoreError>);
 
 impl std::fmt::Display for SharedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -84,10 +86,18 @@ impl ListenOptions {
 /// enabled.
 const TRIGGER_ENABLED: &str = "EXISTS (SELECT 1 FROM pg_trigger
     WHERE tgname = 'tower_budget_notify_change' AND tgrelid = to_regclass('workspaces')
-      AND tgenabled <> 'D')";
+      AND tgenabled IN ('O', 'A'))";
 
-static TRIGGER_AND_PID: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {TRIGGER_ENABLED}, pg_backend_pid()"));
+static TRIGGER_AND_PID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {TRIGGER_ENABLED}, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+});
+
+/// Ends the session this listener had before, if the server still has it (a half-open socket
+/// keeps it, and a listening session that nobody reads holds back the notification queue). By
+/// pid *and* start time and name, so a reused pid is never someone else's session.
+const TERMINATE_PREVIOUS: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE pid = $1 AND backend_start = $2 AND application_name = 'tower-budget-listen'
+      AND pid <> pg_backend_pid()";
 
 /// A probe: the trigger is still there, and a notification of our own goes out (`$1`).
 static PROBE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -288,17 +298,19 @@ async fn run<S, T>(
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u64;
     let mut said_no_trigger = false;
-    let mut previous_pid: Option<i32> = None;
+    let mut previous: Option<(i32, DateTime<Utc>)> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let was_connected;
+        // Whether the session got as far as connected: then its end is news, not a retry.
+        let mut was_connected = false;
         match session(
             &config,
             tls.clone(),
             &cache,
             &options,
             &state,
-            &mut previous_pid,
+            &mut previous,
+            &mut was_connected,
         )
         .await
         {
@@ -307,7 +319,9 @@ async fn run<S, T>(
                 let Some(strong) = cache.upgrade() else {
                     return;
                 };
-                was_connected = state.is_connected();
+                if was_connected {
+                    said_no_trigger = false;
+                }
                 disconnected(&strong, &options, &state);
                 drop(strong);
                 match ended {
@@ -386,7 +400,8 @@ async fn session<S, T>(
     cache: &Weak<CachingStore<S>>,
     options: &ListenOptions,
     state: &ListenerState,
-    previous_pid: &mut Option<i32>,
+    previous: &mut Option<(i32, DateTime<Utc>)>,
+    was_connected: &mut bool,
 ) -> Ended
 where
     S: ?Sized + Send + Sync + 'static,
@@ -423,6 +438,10 @@ where
                         }
                         continue;
                     }
+                    // Other processes' probes name no workspace.
+                    if payload.starts_with("probe:") {
+                        continue;
+                    }
                     let Some(cache) = weak.upgrade() else {
                         return Ok(());
                     };
@@ -445,13 +464,12 @@ where
     // trigger disabled) nothing would ever arrive, and the long TTL would be a lie.
     match tokio::time::timeout(timeout, client.query_one(TRIGGER_AND_PID.as_str(), &[])).await {
         Ok(Ok(row)) if row.get::<_, bool>(0) => {
-            let pid: i32 = row.get(1);
-            // The session this one replaces may linger on the server (a half-open socket);
-            // it holds back the notification queue until it goes. Best effort.
-            if let Some(old) = previous_pid.replace(pid) {
+            let this = (row.get::<_, i32>(1), row.get::<_, DateTime<Utc>>(2));
+            // The session this one replaces may linger on the server. Best effort.
+            if let Some((pid, started)) = previous.replace(this) {
                 let _ = tokio::time::timeout(
                     timeout,
-                    client.execute("SELECT pg_terminate_backend($1)", &[&old]),
+                    client.execute(TERMINATE_PREVIOUS, &[&pid, &started]),
                 )
                 .await;
             }
@@ -459,6 +477,19 @@ where
         Ok(Ok(_)) => return Ended::NoTrigger,
         Ok(Err(e)) => return Ended::Lost(describe(&e)),
         Err(_) => return Ended::Lost(format!("no answer within {timeout:?}")),
+    }
+    // A first probe must come back before anything is claimed: a path that accepts LISTEN but
+    // delivers nothing (a transaction-mode pooler) never gets the long TTL.
+    let mut sent = 1u64;
+    let first = probe(&client, &mut probes, &token, sent);
+    match tokio::time::timeout(options.ping_every.max(timeout), first).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Ended::NoTrigger,
+        Ok(Err(e)) => return Ended::Lost(e),
+        Err(_) => return Ended::Lost(
+            "a first probe did not come back: notifications are not delivered on this connection"
+                .to_owned(),
+        ),
     }
     // From here every commit is notified; what came before may have been missed.
     {
@@ -468,11 +499,12 @@ where
         cache.clear();
         connected(&cache, options, state);
     }
+    *was_connected = true;
     tracing::info!(ttl = ?options.connected_ttl, "change listener connected: cache in step with every replica");
     let mut ping = tokio::time::interval(options.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let (mut sent, mut late) = (0u64, 0u32);
+    let mut late = 0u32;
     loop {
         tokio::select! {
             ended = &mut driver.0 => {
@@ -485,17 +517,8 @@ where
             _ = ping.tick() => {
                 let Some(strong) = cache.upgrade() else { return Ended::CacheGone };
                 sent += 1;
-                let payload = format!("probe:{token:x}:{sent}");
-                let probe = async {
-                    let row = client.query_one(PROBE.as_str(), &[&payload]).await.map_err(|e| describe(&e))?;
-                    if !row.get::<_, bool>(0) {
-                        return Ok(false);
-                    }
-                    // Delivered in order: once it is back, so is everything committed before it.
-                    probes.wait_for(|seen| *seen >= sent).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(true)
-                };
-                match tokio::time::timeout(options.ping_every, probe).await {
+                let pending = probe(&client, &mut probes, &token, sent);
+                match tokio::time::timeout(options.ping_every, pending).await {
                     Ok(Ok(true)) => {
                         if late > 0 {
                             late = 0;
@@ -520,6 +543,29 @@ where
             }
         }
     }
+}
+
+/// Sends probe number `n` (with the trigger check) and waits for it to come back; `false` when
+/// the trigger is missing or disabled.
+async fn probe(
+    client: &tokio_postgres::Client,
+    seen: &mut watch::Receiver<u64>,
+    token: &u64,
+    n: u64,
+) -> Result<bool, String> {
+    let payload = format!("probe:{token:x}:{n}");
+    let row = client
+        .query_one(PROBE.as_str(), &[&payload])
+        .await
+        .map_err(|e| describe(&e))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    // Delivered in order: once it is back, so is everything committed before it.
+    seen.wait_for(|seen| *seen >= n)
+        .await
+        .map_err(|_| "the connection closed".to_owned())?;
+    Ok(true)
 }
 
 /// The error with its cause (tokio-postgres says only "db error" at the top).

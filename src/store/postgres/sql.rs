@@ -93,10 +93,9 @@ static LAST_TOTAL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// A group of heartbeats in order: `$1` ids, `$2` cumulative cents, `$3` seqs as text, `$4` each
-/// one's now or NULL (the database's clock); one row per heartbeat, in the same order.
-pub(super) const RECORD_HEARTBEATS: &str =
-    "SELECT o_known, o_delta_cents, o_stale FROM tower_budget_record_heartbeats($1, $2, $3::TEXT[]::NUMERIC[], $4)";
+/// `$1` id, `$2` cumulative cents, `$3` seq as text, `$4` now or NULL (the database's clock).
+pub(super) const RECORD_HEARTBEAT: &str =
+    "SELECT o_known, o_delta_cents, o_stale FROM tower_budget_record_heartbeat($1, $2, $3::TEXT::NUMERIC, $4)";
 
 /// Registering clears both removal marks (ours and the older software's).
 pub(super) const REGISTER: &str = "INSERT INTO workspaces AS w (id) VALUES ($1)
