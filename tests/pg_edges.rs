@@ -446,3 +446,46 @@ async fn a_locked_row_fails_its_group_within_the_lock_timeout() {
         "nothing of the failed group landed"
     );
 }
+
+/// A heartbeat whose caller stopped waiting before its group was written is not written: the
+/// caller was answered with an error, and "not written" must then hold (the agent's next
+/// cumulative report carries the spend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_given_up_before_its_group_is_not_written() {
+    use std::future::Future;
+    let schema = common::pg::fresh_schema().await;
+    let pool = common::pg::pool_in(&schema, 1).await;
+    tower_budget::store::postgres::migrate(&pool).await.unwrap();
+    let store = PgStore::new(pool.clone());
+    let w = ws("given-up");
+    store.register(&w).await.unwrap();
+    // The pool's only connection is held: the first report's group waits for it.
+    let held = pool.get().await.unwrap();
+    let first_store = store.clone();
+    let first_w = w.clone();
+    let mut first = Box::pin(async move {
+        first_store
+            .record_heartbeat(&Heartbeat::new(first_w, Some(100), None))
+            .await
+    });
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(first.as_mut().poll(&mut cx).is_pending(), "queued");
+    // Queued behind it, then given up.
+    let given_up = Heartbeat::new(w.clone(), Some(150), None);
+    let mut second = Box::pin(store.record_heartbeat(&given_up));
+    assert!(second.as_mut().poll(&mut cx).is_pending(), "queued");
+    drop(second);
+    drop(held);
+    assert_eq!(first.await.unwrap().recorded_delta_cents, 100);
+    // A later report shows what was written: 100 only.
+    let third = store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(100), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        third.recorded_delta_cents, 0,
+        "the given-up 150 was never written"
+    );
+    assert_eq!(store.status(&w).await.unwrap().spend[Period::MONTHLY], 100);
+}

@@ -27,6 +27,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::IsolationLevel;
 
 use super::{db, run_on, sql, QueryTimeout};
 use crate::store::{Heartbeat, HeartbeatOutcome, StoreError};
@@ -154,15 +155,22 @@ struct QueueFull;
 /// queue.
 async fn write_groups(mut queue: mpsc::Receiver<Report>, pool: Pool, query_timeout: Duration) {
     while let Some(first) = queue.recv().await {
-        // Whatever arrived while the previous group was being written goes now.
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(report) => group.push(report),
-                Err(_) => break,
+        // Whatever arrived while the previous group was being written goes now — except the
+        // reports whose caller stopped waiting (it was answered 503, so "not written" must
+        // hold; the agent's next cumulative report carries the spend anyway).
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut next = Some(first);
+        while let Some(report) = next.take() {
+            if !report.answer.is_closed() {
+                group.push(report);
+            }
+            if group.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
             }
         }
-        write(group, pool.clone(), query_timeout).await;
+        if !group.is_empty() {
+            write(group, pool.clone(), query_timeout).await;
+        }
     }
 }
 
@@ -187,15 +195,26 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                 .prepare_cached(sql::RECORD_HEARTBEAT)
                 .await
                 .map_err(db)?;
-            let tx = client.transaction().await.map_err(db)?;
+            // Read committed whatever the database's default: each report locks its row and
+            // reads it fresh, as when it ran alone.
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::ReadCommitted)
+                .start()
+                .await
+                .map_err(db)?;
             let args: Vec<[&(dyn ToSql + Sync); 4]> = params
                 .iter()
                 .map(|(id, reported, seq, at)| [id as &(dyn ToSql + Sync), reported, seq, at])
                 .collect();
-            // Sent without waiting for each answer: one round trip for the group.
-            let (set, rows) = futures_util::future::join(
+            // Sent without waiting for each answer, in this order (each request goes out when
+            // its future is first polled, and `join_all` polls in order): the lock timeout, the
+            // reports, then the default again — so that the commit, which waits for the
+            // notification lock, is bounded by the statement timeout and not by 2 s.
+            let (set, rows, reset) = futures_util::future::join3(
                 tx.batch_execute(LOCK_TIMEOUT),
                 join_all(args.iter().map(|a| tx.query_one(&stmt, a))),
+                tx.batch_execute("SET LOCAL lock_timeout = DEFAULT"),
             )
             .await;
             set.map_err(db)?;
@@ -203,6 +222,7 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                 .into_iter()
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db)?;
+            reset.map_err(db)?;
             tx.commit().await.map_err(db)?;
             Ok(rows)
         })

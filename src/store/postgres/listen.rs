@@ -464,9 +464,12 @@ where
     // trigger disabled) nothing would ever arrive, and the long TTL would be a lie.
     match tokio::time::timeout(timeout, client.query_one(TRIGGER_AND_PID.as_str(), &[])).await {
         Ok(Ok(row)) if row.get::<_, bool>(0) => {
-            let this = (row.get::<_, i32>(1), row.get::<_, DateTime<Utc>>(2));
+            // `backend_start` is hidden (NULL) when the session may not see its own row.
+            let this = row
+                .get::<_, Option<DateTime<Utc>>>(2)
+                .map(|started| (row.get::<_, i32>(1), started));
             // The session this one replaces may linger on the server. Best effort.
-            if let Some((pid, started)) = previous.replace(this) {
+            if let Some((pid, started)) = std::mem::replace(previous, this) {
                 let _ = tokio::time::timeout(
                     timeout,
                     client.execute(TERMINATE_PREVIOUS, &[&pid, &started]),
