@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
-use super::{db, run_on, sql, QueryTimeout};
+use super::{db, run_on, sql};
 use crate::store::{Heartbeat, HeartbeatOutcome, StoreError};
 
 /// Most reports in one group.
@@ -103,7 +103,7 @@ impl Heartbeats {
                     return match tokio::time::timeout(limit, answered).await {
                         Ok(Ok(outcome)) => outcome,
                         Ok(Err(_)) => Err(StoreError::unavailable(GroupLost)),
-                        Err(_) => Err(StoreError::unavailable(QueryTimeout(limit))),
+                        Err(_) => Err(StoreError::unavailable(Waited(limit))),
                     };
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -145,6 +145,11 @@ const POOL_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 #[error("the heartbeat's group was not written")]
 struct GroupLost;
+
+/// The report was not answered in time (queued behind slow groups, or its group still running).
+#[derive(Debug, thiserror::Error)]
+#[error("the heartbeat was not written within {0:?}")]
+struct Waited(Duration);
 
 /// More reports are waiting than the queue holds.
 #[derive(Debug, thiserror::Error)]

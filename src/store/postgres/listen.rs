@@ -342,8 +342,11 @@ async fn run<S, T>(
                 }
             }
         }
-        // A session that lived a while starts the backoff (and the count) over.
-        if was_connected || started.elapsed() > options.max_backoff * 2 {
+        // A session that stayed connected a while starts the backoff (and the count) over; one
+        // that drops right after connecting does not, or every replica would reconnect (and
+        // drop its cache) in a tight loop.
+        let lived = started.elapsed() > (options.max_backoff * 2).max(Duration::from_secs(10));
+        if was_connected && lived {
             backoff = FIRST_BACKOFF;
             failures = 0;
         } else {
