@@ -35,6 +35,7 @@
 //!   the budget page.
 #![deny(unsafe_code)]
 #![deny(unreachable_pub)]
+#![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(feature = "api")]
