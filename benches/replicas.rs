@@ -192,15 +192,7 @@ async fn propagation(gateways: &[Gateway], agent_url: &str, url: &str, trials: u
             rpc(g, id).await
         })
         .await;
-        let r = a
-            .call(
-                Method::DELETE,
-                &format!("/workspaces/{id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(a.delete_workspace(id).await.status, StatusCode::OK);
         let written = Instant::now();
         delete_lags.extend(
             lags(&others, written, StatusCode::NOT_FOUND, async |g| {

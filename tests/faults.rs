@@ -132,15 +132,7 @@ impl Rig {
     }
 
     async fn hourly_spend(&self, id: &str) -> Value {
-        let r = self
-            .gw
-            .call(
-                Method::GET,
-                &format!("/workspaces/{id}/budget"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let r = self.gw.budget(id, ADMIN).await;
         r.json["periods"]["hourly"]["spend"].clone()
     }
 }

@@ -352,15 +352,7 @@ async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
     let state = || async {
         let mut all = Vec::new();
         for id in ["ws-1", "ws-2", "ws-r"] {
-            let r = gw
-                .call(
-                    Method::GET,
-                    &format!("/workspaces/{id}/budget"),
-                    Some(ADMIN),
-                    None,
-                )
-                .await;
-            all.push(r.json);
+            all.push(gw.budget(id, ADMIN).await.json);
         }
         all.push(
             gw.call(Method::GET, "/workspaces", Some(ADMIN), None)

@@ -188,15 +188,7 @@ async fn every_kind_of_write_through_one_process_reaches_the_others_at_once() {
     }
 
     // DELETE.
-    let r = a
-        .call(
-            Method::DELETE,
-            &format!("/workspaces/{id}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(a.delete_workspace(&id).await.status, StatusCode::OK);
     until_all(&others, "DELETE", StatusCode::NOT_FOUND, async |gw| {
         rpc(gw, &id).await
     })

@@ -206,6 +206,17 @@ impl Gateway {
         .await
     }
 
+    /// `DELETE /workspaces/{id}` as the admin.
+    pub async fn delete_workspace(&self, id: &str) -> Reply {
+        self.call(
+            Method::DELETE,
+            &format!("/workspaces/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await
+    }
+
     /// Whether `/healthz` says the change listener is connected.
     pub async fn listener_connected(&self) -> bool {
         let r = self.call(Method::GET, "/healthz", None, None).await;

@@ -104,6 +104,26 @@ static PROBE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("SELECT {TRIGGER_ENABLED}, pg_notify('{CHANNEL}', $1) IS NULL")
 });
 
+/// A TLS connector the listener can use from its own task (for instance
+/// `postgres-native-tls`' or `tokio-postgres-rustls`' connector; [`NoTls`] without TLS).
+pub trait ListenTls:
+    MakeTlsConnect<Socket, Stream: Send, TlsConnect: Send + TlsConnect<Socket, Future: Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> ListenTls for T where
+    T: MakeTlsConnect<Socket, Stream: Send, TlsConnect: Send + TlsConnect<Socket, Future: Send>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Whether a listener is connected; cheap to clone, for health checks.
 #[derive(Clone, Debug)]
 pub struct ListenerState(Arc<AtomicBool>);
@@ -179,10 +199,7 @@ impl ChangeListener {
     ) -> Self
     where
         S: ?Sized + Send + Sync + 'static,
-        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-        T::Stream: Send,
-        T::TlsConnect: Send,
-        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+        T: ListenTls,
     {
         // Zero would spin: every wait is at least 10 ms.
         const LEAST: Duration = Duration::from_millis(10);
@@ -284,10 +301,7 @@ async fn run<S, T>(
     state: ListenerState,
 ) where
     S: ?Sized + Send + Sync + 'static,
-    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-    T::Stream: Send,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    T: ListenTls,
 {
     const FIRST_BACKOFF: Duration = Duration::from_millis(100);
     let _guard = Disconnect {
@@ -408,10 +422,7 @@ async fn session<S, T>(
 ) -> Ended
 where
     S: ?Sized + Send + Sync + 'static,
-    T: MakeTlsConnect<Socket> + Send + 'static,
-    T::Stream: Send,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    T: ListenTls,
 {
     let timeout = options.connect_timeout;
     let (client, mut connection) = match tokio::time::timeout(timeout, config.connect(tls)).await {

@@ -48,7 +48,7 @@ mod sql;
 
 pub use deadpool_postgres;
 pub use listen::{
-    ChangeListener, ListenOptions, ListenerState, CHANNEL, DEFAULT_CONNECTED_TTL,
+    ChangeListener, ListenOptions, ListenTls, ListenerState, CHANNEL, DEFAULT_CONNECTED_TTL,
     DEFAULT_DISCONNECTED_TTL, LISTEN_APPLICATION_NAME,
 };
 pub use migrate::{migrate, MigrateError};
