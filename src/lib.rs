@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod alerts;
 #[cfg(feature = "api")]
 pub mod api;
 pub mod clock;

@@ -5,9 +5,10 @@ use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{require_acting_for, require_admin, workspace_in_path, ApiError, Principal};
+use crate::alerts::AlertThresholds;
 use crate::period::{LimitsPatch, Period};
 use crate::response::json;
-use crate::store::{BudgetStatus, BudgetStore};
+use crate::store::{BudgetPatch, BudgetReport, BudgetStore};
 use crate::WorkspaceId;
 
 /// Default page size of `GET /workspaces`.
@@ -15,9 +16,11 @@ const DEFAULT_PAGE: usize = 100;
 /// Largest page size of `GET /workspaces`; larger requests are cut to it.
 const MAX_PAGE: usize = 1_000;
 
-/// The `GET /workspaces/{id}/budget` body for `status`: every period in table order with its
-/// limit, spend, remaining and window, plus the legacy monthly fields.
-pub(crate) fn budget_json(status: &BudgetStatus) -> Value {
+/// The `GET /workspaces/{id}/budget` body for `report`: every period in table order with its
+/// limit, spend, remaining, window and `exhausted_in_seconds`, the legacy monthly fields, and
+/// the alert thresholds.
+pub(crate) fn budget_json(report: &BudgetReport) -> Value {
+    let status = &report.status;
     let periods: Map<String, Value> = status
         .periods()
         .map(|line| {
@@ -25,6 +28,10 @@ pub(crate) fn budget_json(status: &BudgetStatus) -> Value {
             detail.insert(
                 "window_seconds".into(),
                 json!(line.period.window().as_secs()),
+            );
+            detail.insert(
+                "exhausted_in_seconds".into(),
+                json!(report.exhausted_in_seconds[line.period]),
             );
             (line.period.name().to_owned(), Value::Object(detail))
         })
@@ -35,6 +42,7 @@ pub(crate) fn budget_json(status: &BudgetStatus) -> Value {
         "budget_limit": monthly.limit,
         "monthly_spend": monthly.spend,
         "budget_remaining": monthly.remaining,
+        "alert_thresholds": report.alert_thresholds.as_slice(),
     })
 }
 
@@ -44,32 +52,46 @@ pub(super) async fn get(
     workspace: WorkspaceId,
 ) -> Result<Response<Bytes>, ApiError> {
     require_acting_for(principal, &workspace)?;
-    let status = store.status(&workspace).await?;
-    Ok(json(StatusCode::OK, &budget_json(&status)))
+    let report = store.report(&workspace).await?;
+    Ok(json(StatusCode::OK, &budget_json(&report)))
 }
 
-/// The PATCH body: exactly one of `budget_limits` (merge patch over periods) or the legacy
-/// `budget_limit` (monthly only). Other top-level keys are ignored.
-fn parse_patch(body: &Value) -> Result<LimitsPatch, ApiError> {
+/// The PATCH body: `budget_limits` (merge patch over periods) or the legacy `budget_limit`
+/// (monthly only), not both, and/or `alert_thresholds`; at least one of them. Other top-level
+/// keys are ignored. Everything is validated before anything is written.
+fn parse_patch(body: &Value) -> Result<BudgetPatch, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::bad("body must be a JSON object"));
     };
-    match (map.get("budget_limits"), map.get("budget_limit")) {
-        (Some(_), Some(_)) => Err(ApiError::bad(
-            "send either budget_limits or budget_limit, not both",
-        )),
-        (None, None) => Err(ApiError::bad(format!(
-            "body must have budget_limits (an object of {}) or budget_limit",
-            Period::names_list()
-        ))),
-        (Some(limits), None) => LimitsPatch::from_json(limits).map_err(ApiError::bad),
+    let thresholds = map
+        .get("alert_thresholds")
+        .map(|t| AlertThresholds::from_json(t).map_err(ApiError::bad))
+        .transpose()?;
+    let limits = match (map.get("budget_limits"), map.get("budget_limit")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "send either budget_limits or budget_limit, not both",
+            ))
+        }
+        (None, None) if thresholds.is_none() => {
+            return Err(ApiError::bad(format!(
+                "body must have budget_limits (an object of {}), budget_limit or alert_thresholds",
+                Period::names_list()
+            )))
+        }
+        (None, None) => LimitsPatch::new(),
+        (Some(limits), None) => LimitsPatch::from_json(limits).map_err(ApiError::bad)?,
         (None, Some(legacy)) => {
             // The legacy field is the monthly limit: validate it as one.
             let as_monthly = json!({ Period::MONTHLY.name(): legacy });
             LimitsPatch::from_json(&as_monthly)
-                .map_err(|e| ApiError::bad(format!("budget_limit: {e}")))
+                .map_err(|e| ApiError::bad(format!("budget_limit: {e}")))?
         }
-    }
+    };
+    Ok(BudgetPatch {
+        limits,
+        alert_thresholds: thresholds,
+    })
 }
 
 pub(super) async fn patch(
@@ -80,9 +102,9 @@ pub(super) async fn patch(
 ) -> Result<Response<Bytes>, ApiError> {
     let patch = parse_patch(body)?;
     require_admin(principal)?;
-    // The status comes from the same atomic step: a failure means nothing was changed.
-    let status = store.patch_limits(&workspace, &patch).await?;
-    Ok(json(StatusCode::OK, &budget_json(&status)))
+    // The report comes from the same atomic step: a failure means nothing was changed.
+    let report = store.patch_budget(&workspace, &patch).await?;
+    Ok(json(StatusCode::OK, &budget_json(&report)))
 }
 
 pub(super) async fn remove(
@@ -141,7 +163,8 @@ pub(super) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::period::{Limits, Spend};
+    use crate::period::{Limits, PerPeriod, Spend};
+    use crate::store::BudgetStatus;
 
     #[test]
     fn get_shape() {
@@ -151,16 +174,26 @@ mod tests {
                 .with(Period::MONTHLY, Some(2000)),
             spend: Spend::from_fn(|_| 40),
         };
+        let report = BudgetReport {
+            status,
+            alert_thresholds: AlertThresholds::default(),
+            exhausted_in_seconds: PerPeriod::from_fn(|p| (p == Period::HOURLY).then_some(5_400)),
+        };
         assert_eq!(
-            budget_json(&status),
+            budget_json(&report),
             json!({"periods": {
-                "hourly": {"limit": 100, "spend": 40, "remaining": 60, "window_seconds": 3600},
-                "daily": {"limit": null, "spend": 40, "remaining": null, "window_seconds": 86400},
-                "weekly": {"limit": null, "spend": 40, "remaining": null, "window_seconds": 604800},
-                "monthly": {"limit": 2000, "spend": 40, "remaining": 1960, "window_seconds": 2592000}},
-             "budget_limit": 2000, "monthly_spend": 40, "budget_remaining": 1960})
+                "hourly": {"limit": 100, "spend": 40, "remaining": 60, "window_seconds": 3600,
+                           "exhausted_in_seconds": 5400},
+                "daily": {"limit": null, "spend": 40, "remaining": null, "window_seconds": 86400,
+                          "exhausted_in_seconds": null},
+                "weekly": {"limit": null, "spend": 40, "remaining": null, "window_seconds": 604800,
+                           "exhausted_in_seconds": null},
+                "monthly": {"limit": 2000, "spend": 40, "remaining": 1960, "window_seconds": 2592000,
+                            "exhausted_in_seconds": null}},
+             "budget_limit": 2000, "monthly_spend": 40, "budget_remaining": 1960,
+             "alert_thresholds": [80, 100]})
         );
-        let keys: Vec<_> = budget_json(&status)["periods"]
+        let keys: Vec<_> = budget_json(&report)["periods"]
             .as_object()
             .unwrap()
             .keys()
@@ -177,24 +210,50 @@ mod tests {
     fn patch_bodies() {
         let ok = |v: Value| parse_patch(&v).unwrap();
         assert_eq!(
-            ok(json!({"budget_limits": {"hourly": 100}})).get(Period::HOURLY),
+            ok(json!({"budget_limits": {"hourly": 100}}))
+                .limits
+                .get(Period::HOURLY),
             Some(Some(100))
         );
         assert_eq!(
-            ok(json!({"budget_limit": 2000})).get(Period::MONTHLY),
+            ok(json!({"budget_limit": 2000}))
+                .limits
+                .get(Period::MONTHLY),
             Some(Some(2000))
         );
         assert_eq!(
-            ok(json!({"budget_limit": null})).get(Period::MONTHLY),
+            ok(json!({"budget_limit": null}))
+                .limits
+                .get(Period::MONTHLY),
             Some(None)
         );
         assert_eq!(
             ok(json!({"budget_limits": {}, "note": "ignored"})),
-            LimitsPatch::new()
+            BudgetPatch::default()
+        );
+        let both = ok(json!({"budget_limits": {"daily": 5}, "alert_thresholds": [100, 50]}));
+        assert_eq!(both.limits.get(Period::DAILY), Some(Some(5)));
+        assert_eq!(
+            both.alert_thresholds,
+            Some(Some(AlertThresholds::new(&[50, 100]).unwrap()))
+        );
+        assert_eq!(
+            ok(json!({"alert_thresholds": null})).alert_thresholds,
+            Some(None)
         );
         for (body, want) in [
             (json!([1]), "must be a JSON object"),
             (json!({}), "must have budget_limits"),
+            (
+                json!({"budget_limits": {"hourly": 1}, "alert_thresholds": [0]}),
+                "between 1 and 1000",
+            ),
+            (
+                json!({"budget_limits": {"hourly": -1}, "alert_thresholds": [50]}),
+                "must be >= 0",
+            ),
+            (json!({"alert_thresholds": "80"}), "must be an array"),
+            (json!({"alert_thresholds": vec![1; 11]}), "at most 10"),
             (json!({"budget_limits": {}, "budget_limit": 1}), "not both"),
             (json!({"budget_limits": 5}), "must be a JSON object"),
             (

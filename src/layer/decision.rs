@@ -164,7 +164,8 @@ impl Blocked {
     }
 
     /// The 402 body: `error`, `exceeded_periods` in table order, and for each exceeded period
-    /// its `limit`, `spend`, `remaining` and `retry_after_seconds` (see the [module docs](super)).
+    /// its `limit`, `spend`, `remaining`, `retry_after_seconds` and `exhausted_in_seconds`
+    /// (always 0: it is exhausted) (see the [module docs](super)).
     pub fn body(&self) -> Value {
         let periods: Map<String, Value> = self
             .exceeded
@@ -175,6 +176,8 @@ impl Blocked {
                     "retry_after_seconds".into(),
                     json!(self.retry_after_seconds[p]),
                 );
+                // An exceeded period is exhausted now (SPEC §12).
+                detail.insert("exhausted_in_seconds".into(), json!(0));
                 (p.name().to_owned(), Value::Object(detail))
             })
             .collect();
@@ -332,7 +335,7 @@ mod tests {
         assert_eq!(b.retry_after(), Some(1800), "the longest");
         assert_eq!(
             serde_json::to_string(&b.body()).unwrap(),
-            r#"{"error":"workspace budget limit exceeded","exceeded_periods":["hourly","weekly"],"periods":{"hourly":{"limit":1000,"spend":1250,"remaining":-250,"retry_after_seconds":1800},"weekly":{"limit":1200,"spend":1250,"remaining":-50,"retry_after_seconds":1}}}"#
+            r#"{"error":"workspace budget limit exceeded","exceeded_periods":["hourly","weekly"],"periods":{"hourly":{"limit":1000,"spend":1250,"remaining":-250,"retry_after_seconds":1800,"exhausted_in_seconds":0},"weekly":{"limit":1200,"spend":1250,"remaining":-50,"retry_after_seconds":1,"exhausted_in_seconds":0}}}"#
         );
 
         let zero = status(&[(Period::HOURLY, 1000), (Period::MONTHLY, 0)], 1250);

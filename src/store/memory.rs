@@ -8,18 +8,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    derive_delta, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry,
-    StoreError, TokenHash,
+    derive_delta, AlertOutbox, BudgetPatch, BudgetReport, BudgetStatus, BudgetStore, Heartbeat,
+    HeartbeatOutcome, PendingAlert, Registration, Registry, StoreError, TokenHash,
 };
+use crate::alerts::{self, AlertEvent, AlertThresholds, Decided, ForecastInput, Side};
 use crate::clock::{Clock, SystemClock};
-use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
+use crate::period::{Limits, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
 /// Default bound on ledger entries kept per workspace (about one report every 30 s for 35 days).
 pub const DEFAULT_MAX_ENTRIES_PER_WORKSPACE: usize = 100_000;
 
 /// An in-process [`BudgetStore`] with the same semantics as the Postgres store: exact trailing
-/// windows, `seq`, reset and clamp rules. State lives in memory and is lost on restart.
+/// windows, `seq`, reset and clamp rules, alert events decided under the workspace's lock. State
+/// lives in memory and is lost on restart — the alert outbox too: events not yet delivered when
+/// the process exits are never delivered.
 ///
 /// Memory per workspace is bounded: ledger entries older than [`Period::retention`] are dropped
 /// as new ones arrive, reports at the same microsecond share an entry, and beyond
@@ -44,6 +47,8 @@ pub struct MemoryStore {
     workspaces: RwLock<BTreeMap<WorkspaceId, Arc<Mutex<Workspace>>>>,
     /// Token hash → workspace; its write lock also serialises registrations.
     tokens: RwLock<HashMap<TokenHash, WorkspaceId>>,
+    /// Alert events not yet delivered. Taken after a workspace's lock, never before.
+    outbox: Mutex<Outbox>,
     clock: Arc<dyn Clock>,
     max_entries: usize,
 }
@@ -53,6 +58,10 @@ struct Workspace {
     removed: bool,
     registration: Registration,
     limits: Limits,
+    /// `None`: the default thresholds.
+    thresholds: Option<AlertThresholds>,
+    /// Periods exceeded when alerts were last decided.
+    exceeded: PerPeriod<bool>,
     previous_reported: i64,
     last_seq: Option<u64>,
     ledger: Ledger,
@@ -63,6 +72,113 @@ impl Workspace {
         BudgetStatus {
             limits: self.limits,
             spend: Spend::from_fn(|p| self.ledger.spend(now - window_micros(p), now)),
+        }
+    }
+
+    fn thresholds(&self) -> AlertThresholds {
+        self.thresholds.clone().unwrap_or_default()
+    }
+
+    fn report(&self, now: i64) -> BudgetReport {
+        let status = self.status(now);
+        let hourly_spend = status.spend[Period::HOURLY];
+        BudgetReport {
+            exhausted_in_seconds: PerPeriod::from_fn(|p| {
+                let window = window_micros(p);
+                let input = ForecastInput {
+                    limit: status.limits.get(p)?,
+                    window_secs: i64::try_from(p.window().as_secs()).unwrap_or(i64::MAX),
+                    spend: status.spend[p],
+                    hourly_spend,
+                };
+                let entries = self
+                    .ledger
+                    .entries_in(now - window, now)
+                    .map(|(at, cents)| (at + window - now, cents));
+                alerts::forecast(input, entries)
+            }),
+            alert_thresholds: self.thresholds(),
+            status,
+        }
+    }
+
+    /// Decides the alert events of a change from `before` to the workspace's state now (see
+    /// [`alerts::decide`]).
+    fn decide(&mut self, before: &BudgetStatus, now: i64) -> Vec<Decided> {
+        let after = self.status(now);
+        alerts::decide(
+            &self.thresholds(),
+            Side {
+                limits: &before.limits,
+                spend: &before.spend,
+            },
+            Side {
+                limits: &after.limits,
+                spend: &after.spend,
+            },
+            &mut self.exceeded,
+        )
+    }
+}
+
+/// The in-process outbox: events in the order they were decided.
+#[derive(Debug)]
+struct Outbox {
+    /// Unique to this store, so ids of two processes never collide.
+    prefix: String,
+    next_key: i64,
+    events: BTreeMap<i64, Queued>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    event: AlertEvent,
+    created: i64,
+    attempts: u32,
+    due: i64,
+    leased_until: i64,
+    delivered_to: Vec<String>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Outbox {
+            prefix: format!("mem-{:x}", started.as_nanos()),
+            next_key: 1,
+            events: BTreeMap::new(),
+        }
+    }
+}
+
+impl Outbox {
+    fn push(&mut self, workspace: &WorkspaceId, decided: Vec<Decided>, now: i64) {
+        for d in decided {
+            let key = self.next_key;
+            self.next_key += 1;
+            let event = AlertEvent {
+                id: format!("{}-{key}", self.prefix),
+                kind: d.kind,
+                workspace: workspace.clone(),
+                period: d.period.name().to_owned(),
+                threshold: d.threshold,
+                limit: d.limit,
+                spend: d.spend,
+                at: DateTime::from_timestamp_micros(now).unwrap_or_default(),
+            };
+            self.events.insert(
+                key,
+                Queued {
+                    event,
+                    created: now,
+                    attempts: 0,
+                    due: now,
+                    leased_until: i64::MIN,
+                    delivered_to: Vec::new(),
+                },
+            );
         }
     }
 }
@@ -79,6 +195,7 @@ impl MemoryStore {
         MemoryStore {
             workspaces: RwLock::default(),
             tokens: RwLock::default(),
+            outbox: Mutex::default(),
             clock: Arc::new(SystemClock),
             max_entries: DEFAULT_MAX_ENTRIES_PER_WORKSPACE,
         }
@@ -101,6 +218,10 @@ impl MemoryStore {
     fn get(&self, workspace: &WorkspaceId) -> Result<Arc<Mutex<Workspace>>, StoreError> {
         let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(workspace).cloned().ok_or(StoreError::NotFound)
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` on a registered, not removed workspace under its lock.
@@ -138,21 +259,32 @@ impl BudgetStore for MemoryStore {
         self.with_live(workspace, |ws| Ok(ws.limits))
     }
 
-    async fn patch_limits(
+    async fn patch_budget(
         &self,
         workspace: &WorkspaceId,
-        patch: &LimitsPatch,
-    ) -> Result<BudgetStatus, StoreError> {
+        patch: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError> {
         let now = micros(self.clock.now());
         self.with_live(workspace, |ws| {
-            ws.limits = ws.limits.patched(patch);
-            Ok(ws.status(now))
+            let before = ws.status(now);
+            ws.limits = ws.limits.patched(&patch.limits);
+            if let Some(thresholds) = &patch.alert_thresholds {
+                ws.thresholds.clone_from(thresholds);
+            }
+            let events = ws.decide(&before, now);
+            self.outbox().push(workspace, events, now);
+            Ok(ws.report(now))
         })
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
         let now = micros(self.clock.now());
         self.with_live(workspace, |ws| Ok(ws.status(now)))
+    }
+
+    async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError> {
+        let now = micros(self.clock.now());
+        self.with_live(workspace, |ws| Ok(ws.report(now)))
     }
 
     async fn retry_after(
@@ -190,8 +322,16 @@ impl BudgetStore for MemoryStore {
             let reported = hb.reported_cents();
             let delta = derive_delta(ws.previous_reported, reported);
             let delta = if delta > 0 {
+                // Alerts are decided at the entry's time: a clock that stepped back joins the
+                // last entry (see `Ledger::append`).
+                let at = now.max(ws.ledger.last_at().unwrap_or(i64::MIN));
+                let before = ws.status(at);
                 let recorded = ws.ledger.append(now, delta, max_entries);
                 ws.ledger.prune(now - retention_micros());
+                if recorded > 0 {
+                    let events = ws.decide(&before, at);
+                    self.outbox().push(&hb.workspace, events, at);
+                }
                 recorded
             } else {
                 0
@@ -241,6 +381,98 @@ impl BudgetStore for MemoryStore {
                     .prune(cutoff)
             })
             .sum())
+    }
+}
+
+#[async_trait]
+impl AlertOutbox for MemoryStore {
+    async fn claim_alerts(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<PendingAlert>, StoreError> {
+        let now = micros(self.clock.now());
+        let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        let mut outbox = self.outbox();
+        let mut heads = std::collections::HashSet::new();
+        let mut claimed = Vec::new();
+        for (&key, queued) in outbox.events.iter_mut() {
+            if claimed.len() >= max {
+                break;
+            }
+            // Only a workspace's oldest event: its events go out in order.
+            if !heads.insert(queued.event.workspace.clone()) {
+                continue;
+            }
+            if queued.due <= now && queued.leased_until <= now {
+                queued.attempts += 1;
+                queued.leased_until = now.saturating_add(lease);
+                claimed.push(PendingAlert {
+                    event: queued.event.clone(),
+                    delivered_to: queued.delivered_to.clone(),
+                    attempts: queued.attempts,
+                    key,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn alert_delivered(&self, alert: &PendingAlert) -> Result<(), StoreError> {
+        self.outbox().events.remove(&alert.key);
+        Ok(())
+    }
+
+    async fn alert_failed(
+        &self,
+        alert: &PendingAlert,
+        delivered_to: &[String],
+        retry_in: Duration,
+    ) -> Result<(), StoreError> {
+        let now = micros(self.clock.now());
+        let mut outbox = self.outbox();
+        if let Some(queued) = outbox.events.get_mut(&alert.key) {
+            if queued.attempts == alert.attempts {
+                queued.delivered_to = delivered_to.to_vec();
+                queued.leased_until = i64::MIN;
+                queued.due =
+                    now.saturating_add(i64::try_from(retry_in.as_micros()).unwrap_or(i64::MAX));
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_alerts(&self, max_age: Duration) -> Result<u64, StoreError> {
+        let now = micros(self.clock.now());
+        let cutoff = now.saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX));
+        let mut outbox = self.outbox();
+        let before = outbox.events.len();
+        outbox
+            .events
+            .retain(|_, q| q.created >= cutoff || q.leased_until > now);
+        Ok((before - outbox.events.len()) as u64)
+    }
+
+    async fn sweep_recovered(&self) -> Result<u64, StoreError> {
+        let now = micros(self.clock.now());
+        let all: Vec<_> = {
+            let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(id, ws)| (id.clone(), ws.clone()))
+                .collect()
+        };
+        let mut decided = 0;
+        for (id, ws) in all {
+            let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+            if ws.removed || !ws.exceeded.iter().any(|(_, e)| *e) {
+                continue;
+            }
+            let now_status = ws.status(now);
+            let events = ws.decide(&now_status, now);
+            decided += events.len() as u64;
+            self.outbox().push(&id, events, now);
+        }
+        Ok(decided)
     }
 }
 
@@ -311,6 +543,25 @@ struct Entry {
 impl Ledger {
     fn total(&self) -> i64 {
         self.entries.back().map_or(self.base_total, |e| e.total)
+    }
+
+    fn last_at(&self) -> Option<i64> {
+        self.entries.back().map(|e| e.at)
+    }
+
+    /// The entries in `(lo, hi]` as `(time, cents)`, oldest first.
+    fn entries_in(&self, lo: i64, hi: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let first = self.entries.partition_point(|e| e.at <= lo);
+        let end = self.entries.partition_point(|e| e.at <= hi);
+        let mut previous = match first {
+            0 => self.base_total,
+            n => self.entries[n - 1].total,
+        };
+        self.entries.range(first..end.max(first)).map(move |e| {
+            let cents = e.total - previous;
+            previous = e.total;
+            (e.at, cents)
+        })
     }
 
     /// Appends `delta` at `at` and returns what was recorded; times never go backwards, so a

@@ -18,14 +18,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::alerts::AlertThresholds;
 use crate::period::{exceeded_periods, Limits, LimitsPatch, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
 mod cache;
 mod memory;
+mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod registry;
+
+pub use outbox::{AlertOutbox, PendingAlert, ALERT_MAX_AGE};
 
 pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL, MAX_REFUSAL_AGE};
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES_PER_WORKSPACE};
@@ -94,6 +98,39 @@ impl BudgetStatus {
     /// True when any period is exceeded.
     pub fn is_exceeded(&self) -> bool {
         !self.exceeded_periods().is_empty()
+    }
+}
+
+/// What the budget GET shows: the status, the alert thresholds and the forecast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetReport {
+    /// Limits and spend per period.
+    pub status: BudgetStatus,
+    /// The workspace's alert thresholds (the default when it set none).
+    pub alert_thresholds: AlertThresholds,
+    /// Per period with a limit, whole seconds until the limit is reached at the trailing hour's
+    /// rate (see [`crate::alerts::exhausted_in_seconds`]); `None` where it is not reached
+    /// within the window, the rate is 0, or there is no limit.
+    pub exhausted_in_seconds: PerPeriod<Option<u64>>,
+}
+
+/// A validated change to a workspace's budget: limits (merge patch) and, optionally, its alert
+/// thresholds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BudgetPatch {
+    /// The limits to set or clear.
+    pub limits: LimitsPatch,
+    /// `None` keeps the thresholds, `Some(None)` restores the default, `Some(Some(list))` sets
+    /// the list.
+    pub alert_thresholds: Option<Option<AlertThresholds>>,
+}
+
+impl From<LimitsPatch> for BudgetPatch {
+    fn from(limits: LimitsPatch) -> Self {
+        BudgetPatch {
+            limits,
+            alert_thresholds: None,
+        }
     }
 }
 
@@ -192,18 +229,32 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// The workspace's limits.
     async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError>;
 
-    /// Applies `patch` atomically (concurrent patches of different periods both survive) and
-    /// returns the status after it, read in the same step: an error means nothing changed
-    /// (short of an ambiguous commit, a connection lost while the database commits). Stored keys
-    /// this version does not know are kept.
+    /// Applies `patch` atomically (concurrent patches of different periods both survive),
+    /// decides the alert events the limit change causes in the same step (see
+    /// [`crate::alerts`]), and returns the report after it, read in the same step: an error
+    /// means nothing changed (short of an ambiguous commit, a connection lost while the database
+    /// commits). Stored keys this version does not know are kept.
+    async fn patch_budget(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError>;
+
+    /// [`patch_budget`](Self::patch_budget) with limits only; the status after it.
     async fn patch_limits(
         &self,
         workspace: &WorkspaceId,
         patch: &LimitsPatch,
-    ) -> Result<BudgetStatus, StoreError>;
+    ) -> Result<BudgetStatus, StoreError> {
+        let report = self.patch_budget(workspace, &(*patch).into()).await?;
+        Ok(report.status)
+    }
 
     /// Limits and spend per trailing window, now.
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError>;
+
+    /// Status, alert thresholds and forecast, now, read in one step.
+    async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError>;
 
     /// The [`status`](Self::status) answer if it is at hand without waiting (a fresh cache
     /// entry), else `None`. The layer serves a request from it without any future, timer or
@@ -223,7 +274,8 @@ pub trait BudgetStore: Send + Sync + 'static {
     ) -> Result<PerPeriod<Option<Duration>>, StoreError>;
 
     /// Turns a cumulative report into a ledger increment, atomically: two concurrent reports
-    /// never count the same increment, and a stale `seq` changes nothing.
+    /// never count the same increment, and a stale `seq` changes nothing. The alert events the
+    /// increment causes are decided in the same step.
     async fn record_heartbeat(&self, heartbeat: &Heartbeat)
         -> Result<HeartbeatOutcome, StoreError>;
 
@@ -250,6 +302,13 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     async fn limits(&self, workspace: &WorkspaceId) -> Result<Limits, StoreError> {
         (**self).limits(workspace).await
     }
+    async fn patch_budget(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError> {
+        (**self).patch_budget(workspace, patch).await
+    }
     async fn patch_limits(
         &self,
         workspace: &WorkspaceId,
@@ -259,6 +318,9 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
     }
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
         (**self).status(workspace).await
+    }
+    async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError> {
+        (**self).report(workspace).await
     }
     fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
         (**self).status_now(workspace)

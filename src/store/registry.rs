@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{BudgetStore, StoreError};
+use super::{AlertOutbox, BudgetStore, StoreError};
 use crate::WorkspaceId;
 
 /// A SHA-256 hash of a workspace's bearer token: stores keep only this, never the token.
@@ -98,11 +98,11 @@ impl<S: Registry + ?Sized> Registry for Arc<S> {
     }
 }
 
-/// Budgets and registry in one: what the budget API and the example gateway take. Implemented
-/// for every type that implements both ([`MemoryStore`](super::MemoryStore),
-/// `postgres::PgStore`, a [`CachingStore`](super::CachingStore) of either);
-/// an `Arc<dyn Store>` coerces to `Arc<dyn BudgetStore>` or `Arc<dyn Registry>` for the parts
-/// that need only one half.
-pub trait Store: BudgetStore + Registry {}
+/// Budgets, registry and alert outbox in one: what the budget API and the example gateway take.
+/// Implemented for every type that implements the three ([`MemoryStore`](super::MemoryStore),
+/// `postgres::PgStore`, a [`CachingStore`](super::CachingStore) of either); an
+/// `Arc<dyn Store>` coerces to `Arc<dyn BudgetStore>`, `Arc<dyn Registry>` or
+/// `Arc<dyn AlertOutbox>` for the parts that need only one.
+pub trait Store: BudgetStore + Registry + AlertOutbox {}
 
-impl<S: BudgetStore + Registry + ?Sized> Store for S {}
+impl<S: BudgetStore + Registry + AlertOutbox + ?Sized> Store for S {}

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use tower_budget::alerts::{AlertEvent, AlertKind, AlertThresholds};
 use tower_budget::clock::ManualClock;
-use tower_budget::period::{Limits, LimitsPatch, Period};
+use tower_budget::period::{Limits, LimitsPatch, PerPeriod, Period};
 use tower_budget::store::{
-    BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Store, StoreError, TokenHash,
-    MAX_REPORTED_CENTS,
+    AlertOutbox, BudgetPatch, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Store,
+    StoreError, TokenHash, MAX_REPORTED_CENTS,
 };
 use tower_budget::WorkspaceId;
 
@@ -33,6 +34,13 @@ macro_rules! conformance_tests {
             exact_against_brute_force_on_random_ledgers,
             concurrent_seq_heartbeats_count_exactly,
             concurrent_identical_reports_count_once,
+            alert_thresholds_are_stored_and_reported,
+            forecast_against_brute_force_on_random_ledgers,
+            crossings_once_each_and_two_in_one_heartbeat,
+            concurrent_heartbeats_cross_each_threshold_once,
+            limit_changes_cross_and_recover,
+            aged_out_spend_recovers_in_the_sweep,
+            outbox_order_lease_retry_and_expiry,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -710,4 +718,503 @@ pub async fn concurrent_identical_reports_count_once<S: BudgetStore>(store: S, c
     assert_eq!(deltas.iter().sum::<i64>(), 750);
     assert_eq!(deltas.iter().filter(|d| **d > 0).count(), 1);
     assert_eq!(store.status(&w).await.unwrap().spend[Period::DAILY], 1_750);
+}
+
+fn thresholds(list: &[i64]) -> BudgetPatch {
+    BudgetPatch {
+        limits: LimitsPatch::new(),
+        alert_thresholds: Some(Some(AlertThresholds::new(list).unwrap())),
+    }
+}
+
+/// Every event in the outbox, claimed and acknowledged until none is left, in claim order.
+pub async fn drain<S: AlertOutbox + ?Sized>(store: &S) -> Vec<AlertEvent> {
+    let mut all = Vec::new();
+    loop {
+        let claimed = store.claim_alerts(100, secs(60)).await.unwrap();
+        if claimed.is_empty() {
+            return all;
+        }
+        for alert in claimed {
+            store.alert_delivered(&alert).await.unwrap();
+            all.push(alert.event);
+        }
+    }
+}
+
+/// `(type, period, threshold, limit, spend)` of each event.
+fn summary(events: &[AlertEvent]) -> Vec<(AlertKind, String, u16, Option<i64>, i64)> {
+    events
+        .iter()
+        .map(|e| (e.kind, e.period.clone(), e.threshold, e.limit, e.spend))
+        .collect()
+}
+
+const CROSSED: AlertKind = AlertKind::ThresholdCrossed;
+const RECOVERED: AlertKind = AlertKind::Recovered;
+
+pub async fn alert_thresholds_are_stored_and_reported<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let w = ws("ws-1");
+    store.register(&w).await.unwrap();
+    let report = store.report(&w).await.unwrap();
+    assert_eq!(report.alert_thresholds.as_slice(), [80, 100], "the default");
+    assert_eq!(
+        report.exhausted_in_seconds,
+        PerPeriod::default(),
+        "no limits"
+    );
+    let after = store
+        .patch_budget(&w, &thresholds(&[100, 50, 80, 50]))
+        .await
+        .unwrap();
+    assert_eq!(after.alert_thresholds.as_slice(), [50, 80, 100]);
+    assert_eq!(
+        store.report(&w).await.unwrap().alert_thresholds.as_slice(),
+        [50, 80, 100]
+    );
+    // Limits and thresholds in one patch; then `null` restores the default.
+    let both = BudgetPatch {
+        limits: limits(&[(Period::DAILY, 500)]),
+        alert_thresholds: Some(Some(AlertThresholds::new(&[90]).unwrap())),
+    };
+    let after = store.patch_budget(&w, &both).await.unwrap();
+    assert_eq!(after.alert_thresholds.as_slice(), [90]);
+    assert_eq!(after.status.limits.get(Period::DAILY), Some(500));
+    let restore = BudgetPatch {
+        limits: LimitsPatch::new(),
+        alert_thresholds: Some(None),
+    };
+    let after = store.patch_budget(&w, &restore).await.unwrap();
+    assert_eq!(after.alert_thresholds.as_slice(), [80, 100]);
+    assert_eq!(after.status.limits.get(Period::DAILY), Some(500), "kept");
+    assert!(
+        drain(&store).await.is_empty(),
+        "changing the list fires nothing"
+    );
+    assert!(matches!(
+        store.report(&ws("nobody")).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Random ledgers, a random `now` and random limits around the spend: `exhausted_in_seconds`
+/// equals a second-by-second simulation of the ledger going on at the trailing hour's rate.
+pub async fn forecast_against_brute_force_on_random_ledgers<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    let seed = crate::common::seed("forecast_against_brute_force_on_random_ledgers");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let us = chrono::Duration::microseconds;
+    let mut hits = 0;
+    for case in 0..24 {
+        let w = ws(&format!("ws-{case}"));
+        store.register(&w).await.unwrap();
+        let now = t0() + us(rng.i64(0..86_400_000_000));
+        let mut times: Vec<DateTime<Utc>> = Vec::new();
+        // Some spend in the last hour (the rate), some spread over 35 days, some right at
+        // window edges and whole seconds.
+        times.extend((0..rng.usize(0..6)).map(|_| now - us(rng.i64(0..3_600_000_000))));
+        times.extend((0..rng.usize(0..25)).map(|_| now - us(rng.i64(0..35 * 86_400_000_000))));
+        for p in Period::all() {
+            let edge = now - chrono::Duration::from_std(p.window()).unwrap();
+            if rng.bool() {
+                times.push(edge + us(rng.i64(1..3_000_000)));
+            }
+        }
+        times.sort();
+        let mut ledger = Vec::new();
+        let mut cumulative = 0;
+        for at in times {
+            let delta = rng.i64(1..500);
+            cumulative += delta;
+            clock.set(at);
+            assert_eq!(report(&store, &w, cumulative, None).await, recorded(delta));
+            ledger.push((at, delta));
+        }
+        clock.set(now);
+        let spend_in = |p: Period| -> i64 {
+            let lo = now - chrono::Duration::from_std(p.window()).unwrap();
+            ledger
+                .iter()
+                .filter(|(at, _)| *at > lo && *at <= now)
+                .map(|(_, d)| d)
+                .sum()
+        };
+        let mut patch = LimitsPatch::new();
+        for p in Period::all() {
+            let spend = spend_in(p);
+            let limit = match rng.u8(0..6) {
+                0 => None,
+                1 => Some(rng.i64(0..=spend)),
+                2 => Some(spend + rng.i64(1..=spend_in(Period::HOURLY) + 2)),
+                _ => Some(spend + rng.i64(1..3_000)),
+            };
+            patch = patch.with(p, limit).unwrap();
+        }
+        let got = store.patch_budget(&w, &patch.into()).await.unwrap();
+        let again = store.report(&w).await.unwrap();
+        assert_eq!(got, again, "the patch answers what a report reads");
+        for p in Period::all() {
+            let want = got.status.limits.get(p).and_then(|limit| {
+                brute_force_exhausted_in(&ledger, now, p, limit, spend_in(Period::HOURLY))
+            });
+            hits += usize::from(want.is_some_and(|s| s > 0));
+            assert_eq!(
+                got.exhausted_in_seconds[p],
+                want,
+                "seed {seed}, case {case}, {p}: limit {:?}, spend {}, hourly {}",
+                got.status.limits.get(p),
+                got.status.spend[p],
+                spend_in(Period::HOURLY)
+            );
+        }
+    }
+    assert!(
+        hits > 0,
+        "seed {seed}: no case had a forecast in the future"
+    );
+}
+
+/// The first whole second `t` in `0..=window` at which the spend still in the window plus `t`
+/// seconds at the trailing hour's rate reaches `limit`.
+fn brute_force_exhausted_in(
+    ledger: &[(DateTime<Utc>, i64)],
+    now: DateTime<Utc>,
+    p: Period,
+    limit: i64,
+    hourly: i64,
+) -> Option<u64> {
+    let window = chrono::Duration::from_std(p.window()).unwrap();
+    let mut kept: Vec<(DateTime<Utc>, i64)> = ledger
+        .iter()
+        .filter(|(at, _)| *at > now - window && *at <= now)
+        .copied()
+        .collect();
+    kept.sort();
+    let mut in_window: i64 = kept.iter().map(|(_, d)| d).sum();
+    let mut next = 0;
+    for t in 0..=p.window().as_secs() {
+        let edge = now + chrono::Duration::seconds(t as i64) - window;
+        while next < kept.len() && kept[next].0 <= edge {
+            in_window -= kept[next].1;
+            next += 1;
+        }
+        if i128::from(in_window) * 3_600 + i128::from(hourly) * i128::from(t as i64)
+            >= i128::from(limit) * 3_600
+        {
+            return Some(t);
+        }
+    }
+    None
+}
+
+pub async fn crossings_once_each_and_two_in_one_heartbeat<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let w = ws("ws-1");
+    store.register(&w).await.unwrap();
+    store
+        .patch_budget(&w, &thresholds(&[50, 80, 100]))
+        .await
+        .unwrap();
+    store
+        .patch_limits(&w, &limits(&[(Period::HOURLY, 1_000)]))
+        .await
+        .unwrap();
+    report(&store, &w, 400, None).await;
+    assert!(drain(&store).await.is_empty());
+    // 400 → 850 crosses 50 and 80: two events, in threshold order.
+    clock.advance(secs(1));
+    report(&store, &w, 850, None).await;
+    // Staying above them fires nothing more.
+    clock.advance(secs(1));
+    report(&store, &w, 900, None).await;
+    let events = drain(&store).await;
+    assert_eq!(
+        summary(&events),
+        [
+            (CROSSED, "hourly".into(), 50, Some(1_000), 850),
+            (CROSSED, "hourly".into(), 80, Some(1_000), 850),
+        ]
+    );
+    assert_ne!(events[0].id, events[1].id);
+    assert_eq!(events[0].at, t0() + chrono::Duration::seconds(1));
+    assert_eq!(events[0].workspace, w);
+    // The hour passes: spend falls back below every threshold, and crossing 50 again fires
+    // again; 100 fires once when reached.
+    clock.advance(secs(3_600));
+    report(&store, &w, 1_500, None).await;
+    clock.advance(secs(1));
+    report(&store, &w, 1_900, None).await;
+    assert_eq!(
+        summary(&drain(&store).await),
+        [
+            (CROSSED, "hourly".into(), 50, Some(1_000), 600),
+            (CROSSED, "hourly".into(), 80, Some(1_000), 1_000),
+            (CROSSED, "hourly".into(), 100, Some(1_000), 1_000),
+        ]
+    );
+    // A report that records nothing decides nothing; a workspace without limits, nothing.
+    report(&store, &w, 1_900, None).await;
+    let free = ws("ws-free");
+    store.register(&free).await.unwrap();
+    report(&store, &free, 1_000_000, None).await;
+    assert!(drain(&store).await.is_empty());
+}
+
+/// 30 concurrent heartbeats that together cross every threshold: exactly one event each.
+pub async fn concurrent_heartbeats_cross_each_threshold_once<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let store = Arc::new(store);
+    let w = ws("ws-1");
+    store.register(&w).await.unwrap();
+    store
+        .patch_budget(&w, &thresholds(&[10, 25, 50, 80, 100]))
+        .await
+        .unwrap();
+    store
+        .patch_limits(
+            &w,
+            &limits(&[(Period::HOURLY, 3_000), (Period::DAILY, 6_000)]),
+        )
+        .await
+        .unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(30));
+    let tasks: Vec<_> = (1..=30u64)
+        .map(|seq| {
+            let (store, w, barrier) = (store.clone(), w.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                // Reports race; each counts what it adds over the last one applied.
+                store
+                    .record_heartbeat(&Heartbeat::new(w, Some(100 * seq as i64), Some(seq)))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let spend = store.status(&w).await.unwrap().spend[Period::HOURLY];
+    let events = drain(&*store).await;
+    let mut crossed: Vec<(String, u16)> = events
+        .iter()
+        .map(|e| (e.period.clone(), e.threshold))
+        .collect();
+    crossed.sort();
+    let mut want: Vec<(String, u16)> = Vec::new();
+    for (period, limit) in [("daily", 6_000), ("hourly", 3_000)] {
+        for t in [10u16, 25, 50, 80, 100] {
+            if spend * 100 >= i64::from(t) * limit {
+                want.push((period.into(), t));
+            }
+        }
+    }
+    assert_eq!(
+        crossed, want,
+        "spend {spend}: one event per crossed threshold"
+    );
+    assert!(events.iter().all(|e| e.kind == CROSSED));
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| &e.id).collect();
+    assert_eq!(ids.len(), events.len(), "unique ids");
+}
+
+pub async fn limit_changes_cross_and_recover<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let w = ws("ws-1");
+    store.register(&w).await.unwrap();
+    report(&store, &w, 600, None).await;
+    // Setting a limit at or below the spend is a crossing, as a heartbeat's would be.
+    store
+        .patch_limits(&w, &limits(&[(Period::DAILY, 500)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&drain(&store).await),
+        [
+            (CROSSED, "daily".into(), 80, Some(500), 600),
+            (CROSSED, "daily".into(), 100, Some(500), 600),
+        ]
+    );
+    // Raising it allows the period again: recovered, with the new limit.
+    store
+        .patch_limits(&w, &limits(&[(Period::DAILY, 700)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&drain(&store).await),
+        [(RECOVERED, "daily".into(), 100, Some(700), 600)]
+    );
+    // Raising it further takes spend under 80 %; lowering it again crosses 80 only.
+    store
+        .patch_limits(&w, &limits(&[(Period::DAILY, 800)]))
+        .await
+        .unwrap();
+    assert!(drain(&store).await.is_empty(), "600 is 75 % of 800");
+    store
+        .patch_limits(&w, &limits(&[(Period::DAILY, 650)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&drain(&store).await),
+        [(CROSSED, "daily".into(), 80, Some(650), 600)]
+    );
+    // A limit of 0 blocks: every threshold; clearing an exceeded period's limit recovers it.
+    store
+        .patch_limits(&w, &limits(&[(Period::WEEKLY, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&drain(&store).await),
+        [
+            (CROSSED, "weekly".into(), 80, Some(0), 600),
+            (CROSSED, "weekly".into(), 100, Some(0), 600),
+        ]
+    );
+    store
+        .patch_limits(&w, &LimitsPatch::new().with(Period::WEEKLY, None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&drain(&store).await),
+        [(RECOVERED, "weekly".into(), 100, None, 600)]
+    );
+}
+
+pub async fn aged_out_spend_recovers_in_the_sweep<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let w = ws("ws-1");
+    store.register(&w).await.unwrap();
+    store
+        .patch_limits(
+            &w,
+            &limits(&[(Period::HOURLY, 100), (Period::DAILY, 10_000)]),
+        )
+        .await
+        .unwrap();
+    report(&store, &w, 150, None).await;
+    assert_eq!(
+        drain(&store).await.len(),
+        2,
+        "80 and 100 of the hourly limit"
+    );
+    assert_eq!(store.sweep_recovered().await.unwrap(), 0, "still exceeded");
+    clock.advance(secs(3_599));
+    assert_eq!(
+        store.sweep_recovered().await.unwrap(),
+        0,
+        "still in the window"
+    );
+    clock.advance(secs(1));
+    assert_eq!(store.sweep_recovered().await.unwrap(), 1);
+    assert_eq!(store.sweep_recovered().await.unwrap(), 0, "once");
+    let events = drain(&store).await;
+    assert_eq!(
+        summary(&events),
+        [(RECOVERED, "hourly".into(), 100, Some(100), 0)]
+    );
+    assert_eq!(events[0].at, t0() + chrono::Duration::seconds(3_600));
+    // Aged out with no sweep in between: the next heartbeat decides the recovery first, then
+    // its own crossings.
+    clock.advance(secs(1));
+    report(&store, &w, 300, None).await;
+    clock.advance(secs(3_600));
+    report(&store, &w, 450, None).await;
+    assert_eq!(
+        summary(&drain(&store).await),
+        [
+            (CROSSED, "hourly".into(), 80, Some(100), 150),
+            (CROSSED, "hourly".into(), 100, Some(100), 150),
+            (RECOVERED, "hourly".into(), 100, Some(100), 0),
+            (CROSSED, "hourly".into(), 80, Some(100), 150),
+            (CROSSED, "hourly".into(), 100, Some(100), 150),
+        ]
+    );
+}
+
+pub async fn outbox_order_lease_retry_and_expiry<S: BudgetStore + AlertOutbox>(
+    store: S,
+    clock: ManualClock,
+) {
+    clock.set(t0());
+    let (a, b) = (ws("ws-a"), ws("ws-b"));
+    for w in [&a, &b] {
+        store.register(w).await.unwrap();
+        store
+            .patch_budget(w, &thresholds(&[25, 50, 75]))
+            .await
+            .unwrap();
+        store
+            .patch_limits(w, &limits(&[(Period::HOURLY, 100)]))
+            .await
+            .unwrap();
+        report(&store, w, 30, None).await;
+        clock.advance(secs(1));
+        report(&store, w, 60, None).await;
+        clock.advance(secs(1));
+        report(&store, w, 90, None).await;
+    }
+    // One event per workspace at a time, the oldest first.
+    let first = store.claim_alerts(10, secs(60)).await.unwrap();
+    let heads: Vec<_> = first
+        .iter()
+        .map(|c| (c.event.workspace.to_string(), c.event.threshold, c.attempts))
+        .collect();
+    assert_eq!(heads.len(), 2);
+    assert!(heads.contains(&("ws-a".into(), 25, 1)) && heads.contains(&("ws-b".into(), 25, 1)));
+    // Under lease: nobody else gets them, nor what follows them.
+    assert!(store.claim_alerts(10, secs(60)).await.unwrap().is_empty());
+    // a's head failed, one webhook has it: due again after the wait, with the same id.
+    let a_head = first.iter().find(|c| c.event.workspace == a).unwrap();
+    let b_head = first.iter().find(|c| c.event.workspace == b).unwrap();
+    store
+        .alert_failed(a_head, &["http://one".into()], secs(30))
+        .await
+        .unwrap();
+    store.alert_delivered(b_head).await.unwrap();
+    let next = store.claim_alerts(10, secs(60)).await.unwrap();
+    assert_eq!(
+        next.iter()
+            .map(|c| (c.event.workspace.clone(), c.event.threshold))
+            .collect::<Vec<_>>(),
+        [(b.clone(), 50)],
+        "a waits for its retry; b goes on"
+    );
+    clock.advance(secs(30));
+    let again = store.claim_alerts(10, secs(60)).await.unwrap();
+    let a_again = again.iter().find(|c| c.event.workspace == a).unwrap();
+    assert_eq!(a_again.event, a_head.event, "same event, same id");
+    assert_eq!(a_again.attempts, 2);
+    assert_eq!(a_again.delivered_to, ["http://one".to_string()]);
+    // A stale claim's failure report changes nothing once the event was claimed again.
+    store.alert_failed(a_head, &[], secs(1)).await.unwrap();
+    assert!(store.claim_alerts(10, secs(60)).await.unwrap().is_empty());
+    // A lease that runs out (its claimer died) makes the event claimable again.
+    clock.advance(secs(61));
+    let reclaimed = store.claim_alerts(10, secs(60)).await.unwrap();
+    assert_eq!(reclaimed.len(), 2, "a's head and b's second");
+    // Not delivered within 24 hours: dropped, except while a claimer holds a live lease.
+    clock.advance(secs(24 * 3_600));
+    assert_eq!(store.claim_alerts(10, secs(3_600)).await.unwrap().len(), 2);
+    assert_eq!(store.expire_alerts(secs(24 * 3_600)).await.unwrap(), 3);
+    clock.advance(secs(3_601));
+    assert_eq!(store.expire_alerts(secs(24 * 3_600)).await.unwrap(), 2);
+    assert!(drain(&store).await.is_empty());
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
-use tower_budget::period::{Limits, LimitsPatch, PerPeriod};
+use tower_budget::period::{Limits, PerPeriod};
 use tower_budget::store::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, MemoryStore, Registration, Registry,
-    StoreError, TokenHash,
+    AlertOutbox, BudgetPatch, BudgetReport, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome,
+    MemoryStore, PendingAlert, Registration, Registry, StoreError, TokenHash,
 };
 use tower_budget::WorkspaceId;
 
@@ -84,12 +84,16 @@ impl BudgetStore for FaultyStore {
     async fn limits(&self, w: &WorkspaceId) -> Result<Limits, StoreError> {
         self.inner.limits(w).await
     }
-    async fn patch_limits(
+    async fn patch_budget(
         &self,
         w: &WorkspaceId,
-        p: &LimitsPatch,
-    ) -> Result<BudgetStatus, StoreError> {
-        self.inner.patch_limits(w, p).await
+        p: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError> {
+        self.inner.patch_budget(w, p).await
+    }
+    async fn report(&self, w: &WorkspaceId) -> Result<BudgetReport, StoreError> {
+        self.fault().await?;
+        self.inner.report(w).await
     }
     async fn status(&self, w: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
         self.status_calls.fetch_add(1, Ordering::SeqCst);
@@ -142,5 +146,34 @@ impl Registry for FaultyStore {
 
     async fn workspace_for_token(&self, h: &TokenHash) -> Result<Option<WorkspaceId>, StoreError> {
         self.inner.workspace_for_token(h).await
+    }
+}
+
+#[async_trait]
+impl AlertOutbox for FaultyStore {
+    async fn claim_alerts(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<PendingAlert>, StoreError> {
+        self.fault().await?;
+        self.inner.claim_alerts(max, lease).await
+    }
+    async fn alert_delivered(&self, a: &PendingAlert) -> Result<(), StoreError> {
+        self.inner.alert_delivered(a).await
+    }
+    async fn alert_failed(
+        &self,
+        a: &PendingAlert,
+        to: &[String],
+        retry_in: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.alert_failed(a, to, retry_in).await
+    }
+    async fn expire_alerts(&self, max_age: Duration) -> Result<u64, StoreError> {
+        self.inner.expire_alerts(max_age).await
+    }
+    async fn sweep_recovered(&self) -> Result<u64, StoreError> {
+        self.inner.sweep_recovered().await
     }
 }

@@ -16,8 +16,8 @@ use metrics::Counter;
 use tokio::time::Instant;
 
 use super::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry, StoreError,
-    TokenHash,
+    AlertOutbox, BudgetPatch, BudgetReport, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome,
+    PendingAlert, Registration, Registry, StoreError, TokenHash,
 };
 use crate::period::{Limits, LimitsPatch, PerPeriod};
 use crate::WorkspaceId;
@@ -576,6 +576,15 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         self.inner.limits(workspace).await
     }
 
+    async fn patch_budget(
+        &self,
+        workspace: &WorkspaceId,
+        patch: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError> {
+        self.write_through(workspace, false, self.inner.patch_budget(workspace, patch))
+            .await
+    }
+
     async fn patch_limits(
         &self,
         workspace: &WorkspaceId,
@@ -583,6 +592,11 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     ) -> Result<BudgetStatus, StoreError> {
         self.write_through(workspace, false, self.inner.patch_limits(workspace, patch))
             .await
+    }
+
+    /// Always asked of the inner store: the report is for people, not for the request path.
+    async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError> {
+        self.inner.report(workspace).await
     }
 
     fn status_now(&self, workspace: &WorkspaceId) -> Option<Result<BudgetStatus, StoreError>> {
@@ -654,6 +668,34 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
 
     async fn prune(&self) -> Result<u64, StoreError> {
         self.inner.prune().await
+    }
+}
+
+#[async_trait]
+impl<S: AlertOutbox + ?Sized> AlertOutbox for CachingStore<S> {
+    async fn claim_alerts(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<PendingAlert>, StoreError> {
+        self.inner.claim_alerts(max, lease).await
+    }
+    async fn alert_delivered(&self, alert: &PendingAlert) -> Result<(), StoreError> {
+        self.inner.alert_delivered(alert).await
+    }
+    async fn alert_failed(
+        &self,
+        alert: &PendingAlert,
+        delivered_to: &[String],
+        retry_in: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.alert_failed(alert, delivered_to, retry_in).await
+    }
+    async fn expire_alerts(&self, max_age: Duration) -> Result<u64, StoreError> {
+        self.inner.expire_alerts(max_age).await
+    }
+    async fn sweep_recovered(&self) -> Result<u64, StoreError> {
+        self.inner.sweep_recovered().await
     }
 }
 

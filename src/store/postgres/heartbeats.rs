@@ -208,9 +208,12 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                 .start()
                 .await
                 .map_err(db)?;
-            let args: Vec<[&(dyn ToSql + Sync); 4]> = params
+            let (names, windows) = (&*sql::PERIOD_NAMES, &*sql::PERIOD_WINDOWS);
+            let args: Vec<[&(dyn ToSql + Sync); 6]> = params
                 .iter()
-                .map(|(id, reported, seq, at)| [id as &(dyn ToSql + Sync), reported, seq, at])
+                .map(|(id, reported, seq, at)| {
+                    [id as &(dyn ToSql + Sync), reported, seq, at, names, windows]
+                })
                 .collect();
             // Sent without waiting for each answer, in this order (each request goes out when
             // its future is first polled, and `join_all` polls in order): the lock timeout, the

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "change_notifications",
         sql: include_str!("../../../migrations/V4__change_notifications.sql"),
     },
+    Migration {
+        version: 5,
+        name: "alerts",
+        sql: include_str!("../../../migrations/V5__alerts.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: "tower-budget" folded into an i64.

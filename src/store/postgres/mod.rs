@@ -34,11 +34,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome, Registration, Registry, StoreError,
-    TokenHash,
+    AlertOutbox, BudgetPatch, BudgetReport, BudgetStatus, BudgetStore, Heartbeat, HeartbeatOutcome,
+    PendingAlert, Registration, Registry, StoreError, TokenHash,
 };
+use crate::alerts::{AlertEvent, AlertKind, AlertThresholds};
 use crate::clock::Clock;
-use crate::period::{Limits, LimitsPatch, PerPeriod, Period, Spend};
+use crate::period::{Limits, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
 mod heartbeats;
@@ -353,6 +354,23 @@ fn status_of(row: &Row) -> BudgetStatus {
     }
 }
 
+/// A report row: the status columns, then `alert_thresholds` and `forecast_{period}`.
+fn report_of(row: &Row) -> BudgetReport {
+    let thresholds: Option<Vec<i16>> = row.get("alert_thresholds");
+    BudgetReport {
+        status: status_of(row),
+        alert_thresholds: AlertThresholds::from_stored(thresholds.as_deref()),
+        exhausted_in_seconds: PerPeriod::from_fn(|p| {
+            let secs: Option<i64> = row.get(format!("forecast_{p}").as_str());
+            secs.and_then(|s| u64::try_from(s).ok())
+        }),
+    }
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 #[async_trait]
 impl BudgetStore for PgStore {
     async fn register(&self, workspace: &WorkspaceId) -> Result<(), StoreError> {
@@ -381,29 +399,44 @@ impl BudgetStore for PgStore {
         row.map(|r| limits_of(&r, 0)).ok_or(StoreError::NotFound)
     }
 
-    async fn patch_limits(
+    async fn patch_budget(
         &self,
         workspace: &WorkspaceId,
-        patch: &LimitsPatch,
-    ) -> Result<BudgetStatus, StoreError> {
+        patch: &BudgetPatch,
+    ) -> Result<BudgetReport, StoreError> {
         let ws = workspace.to_string();
         let now = self.now();
         let clear: Vec<String> = Period::all()
-            .filter(|&p| patch.get(p) == Some(None))
+            .filter(|&p| patch.limits.get(p) == Some(None))
             .map(|p| p.name().to_owned())
             .collect();
         let set: serde_json::Map<String, serde_json::Value> = Period::all()
-            .filter_map(|p| Some((p.name().to_owned(), patch.get(p)??.into())))
+            .filter_map(|p| Some((p.name().to_owned(), patch.limits.get(p)??.into())))
             .collect();
         let set = serde_json::Value::Object(set);
+        let set_thresholds = patch.alert_thresholds.is_some();
+        let thresholds: Option<Vec<i16>> = patch.alert_thresholds.clone().flatten().map(|t| {
+            t.as_slice()
+                .iter()
+                .filter_map(|&v| i16::try_from(v).ok())
+                .collect()
+        });
         self.run(move |client| {
             Box::pin(async move {
-                // The merge, the legacy column and the answer in one transaction: a failure
-                // anywhere leaves the limits as they were.
+                // Lock, merge, legacy column, report and alert decision in one transaction: a
+                // failure anywhere leaves everything as it was, and the events are decided
+                // against the limits this change replaced.
                 let tx = client.transaction().await.map_err(db)?;
+                let lock = tx.prepare_cached(&sql::LOCK_LIMITS).await.map_err(db)?;
+                let old = tx
+                    .query_opt(&lock, &[&ws])
+                    .await
+                    .map_err(db)?
+                    .map(|r| limits_of(&r, 0))
+                    .ok_or(StoreError::NotFound)?;
                 let merge = tx.prepare_cached(&sql::PATCH_LIMITS).await.map_err(db)?;
                 let row = tx
-                    .query_opt(&merge, &[&ws, &clear, &set])
+                    .query_opt(&merge, &[&ws, &clear, &set, &set_thresholds, &thresholds])
                     .await
                     .map_err(db)?
                     .ok_or(StoreError::NotFound)?;
@@ -415,15 +448,32 @@ impl BudgetStore for PgStore {
                 tx.execute(&legacy, &[&ws, &legacy_monthly])
                     .await
                     .map_err(db)?;
-                let read = tx.prepare_cached(&sql::STATUS).await.map_err(db)?;
-                let status = tx
+                let read = tx.prepare_cached(&sql::REPORT).await.map_err(db)?;
+                let report = tx
                     .query_opt(&read, &[&ws, &now])
                     .await
                     .map_err(db)?
-                    .map(|r| status_of(&r))
+                    .map(|r| report_of(&r))
                     .ok_or(StoreError::NotFound)?;
+                let new = report.status.limits;
+                let spend: Vec<i64> = Period::all().map(|p| report.status.spend[p]).collect();
+                let step = tx.prepare_cached(sql::ALERT_STEP).await.map_err(db)?;
+                tx.execute(
+                    &step,
+                    &[
+                        &ws,
+                        &now,
+                        &*sql::PERIOD_NAMES,
+                        &limit_array(&old),
+                        &limit_array(&new),
+                        &spend,
+                        &spend,
+                    ],
+                )
+                .await
+                .map_err(db)?;
                 tx.commit().await.map_err(db)?;
-                Ok(status)
+                Ok(report)
             })
         })
         .await
@@ -438,6 +488,17 @@ impl BudgetStore for PgStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(status_of(&row))
+    }
+
+    async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError> {
+        let row = self
+            .query_opt(
+                &sql::REPORT,
+                vec![Box::new(workspace.to_string()), Box::new(self.now())],
+            )
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(report_of(&row))
     }
 
     async fn retry_after(
@@ -528,6 +589,165 @@ impl BudgetStore for PgStore {
             match ids.into_iter().last() {
                 Some(last) => after = Some(last),
                 None => return Ok(pruned),
+            }
+        }
+    }
+}
+
+/// Limits as a SQL array in period-table order (NULL for no limit).
+fn limit_array(limits: &Limits) -> Vec<Option<i64>> {
+    Period::all().map(|p| limits.get(p)).collect()
+}
+
+#[async_trait]
+impl AlertOutbox for PgStore {
+    async fn claim_alerts(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<PendingAlert>, StoreError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = self
+            .run({
+                let now = self.now();
+                move |client| {
+                    Box::pin(async move {
+                        let stmt = client.prepare_cached(sql::CLAIM_ALERTS).await.map_err(db)?;
+                        client
+                            .query(&stmt, &[&max, &seconds(lease), &now])
+                            .await
+                            .map_err(db)
+                    })
+                }
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                // Rows another version wrote that this one cannot read are left to it.
+                let workspace = WorkspaceId::new(r.get::<_, &str>(0)).ok()?;
+                let kind = AlertKind::from_name(r.get(3))?;
+                Some(PendingAlert {
+                    key: r.get(1),
+                    event: AlertEvent {
+                        id: r.get(2),
+                        kind,
+                        workspace,
+                        period: r.get(4),
+                        threshold: u16::try_from(r.get::<_, i32>(5)).ok()?,
+                        limit: r.get(6),
+                        spend: r.get(7),
+                        at: r.get(8),
+                    },
+                    attempts: u32::try_from(r.get::<_, i32>(9)).unwrap_or(u32::MAX),
+                    delivered_to: r.get(10),
+                })
+            })
+            .collect())
+    }
+
+    async fn alert_delivered(&self, alert: &PendingAlert) -> Result<(), StoreError> {
+        self.execute(
+            sql::ALERT_DELIVERED,
+            vec![
+                Box::new(alert.event.workspace.to_string()),
+                Box::new(alert.key),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn alert_failed(
+        &self,
+        alert: &PendingAlert,
+        delivered_to: &[String],
+        retry_in: Duration,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            sql::ALERT_FAILED,
+            vec![
+                Box::new(alert.event.workspace.to_string()),
+                Box::new(alert.key),
+                Box::new(i32::try_from(alert.attempts).unwrap_or(i32::MAX)),
+                Box::new(delivered_to.to_vec()),
+                Box::new(seconds(retry_in)),
+                Box::new(self.now()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn expire_alerts(&self, max_age: Duration) -> Result<u64, StoreError> {
+        self.execute(
+            sql::EXPIRE_ALERTS,
+            vec![Box::new(seconds(max_age)), Box::new(self.now())],
+        )
+        .await
+    }
+
+    async fn sweep_recovered(&self) -> Result<u64, StoreError> {
+        let mut after: Option<String> = None;
+        let mut decided = 0;
+        loop {
+            let page = after.clone();
+            let ids: Vec<String> = self
+                .run(move |client| {
+                    Box::pin(async move {
+                        let stmt = client
+                            .prepare_cached(&sql::EXCEEDED_WORKSPACES)
+                            .await
+                            .map_err(db)?;
+                        let rows = client.query(&stmt, &[&page]).await.map_err(db)?;
+                        Ok(rows.iter().map(|r| r.get(0)).collect())
+                    })
+                })
+                .await?;
+            for id in &ids {
+                let (ws, now) = (id.clone(), self.now());
+                decided += self
+                    .run(move |client| {
+                        Box::pin(async move {
+                            let tx = client.transaction().await.map_err(db)?;
+                            let lock = tx.prepare_cached(&sql::LOCK_EXCEEDED).await.map_err(db)?;
+                            if tx.query_opt(&lock, &[&ws]).await.map_err(db)?.is_none() {
+                                return Ok(0);
+                            }
+                            let read = tx.prepare_cached(&sql::STATUS).await.map_err(db)?;
+                            let Some(status) =
+                                tx.query_opt(&read, &[&ws, &now]).await.map_err(db)?
+                            else {
+                                return Ok(0);
+                            };
+                            let status = status_of(&status);
+                            let limits = limit_array(&status.limits);
+                            let spend: Vec<i64> = Period::all().map(|p| status.spend[p]).collect();
+                            let step = tx.prepare_cached(sql::ALERT_STEP).await.map_err(db)?;
+                            let row = tx
+                                .query_one(
+                                    &step,
+                                    &[
+                                        &ws,
+                                        &now,
+                                        &*sql::PERIOD_NAMES,
+                                        &limits,
+                                        &limits,
+                                        &spend,
+                                        &spend,
+                                    ],
+                                )
+                                .await
+                                .map_err(db)?;
+                            tx.commit().await.map_err(db)?;
+                            Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+                        })
+                    })
+                    .await?;
+            }
+            match ids.into_iter().last() {
+                Some(last) => after = Some(last),
+                None => return Ok(decided),
             }
         }
     }

@@ -34,7 +34,11 @@ fn limit_columns() -> String {
 /// `$1` workspace id, `$2` now or NULL → one limit column per period (see [`limit_columns`]),
 /// then one spend column per period. One round trip; per period one index probe at the
 /// window's left edge, plus one shared probe for the running total at now.
-pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| {
+pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| status_select(""));
+
+/// The [`STATUS`] statement with `extra` columns after the spend columns (`w` is the workspace
+/// row, `last.total_cents` the running total at now).
+fn status_select(extra: &str) -> String {
     let mut columns = String::new();
     let mut joins = String::new();
     for p in Period::all() {
@@ -50,12 +54,58 @@ pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| {
         );
     }
     format!(
-        "SELECT {limits}{columns}
+        "SELECT {limits}{columns}{extra}
 FROM workspaces w
 LEFT JOIN LATERAL ({last}) last ON true{joins}
 WHERE w.id = $1 AND {LIVE}",
         limits = limit_columns(),
         last = &*LAST_TOTAL,
+    )
+}
+
+/// `$1` workspace id, `$2` now or NULL → the [`STATUS`] columns, then `alert_thresholds`, then
+/// one `forecast_{period}` column per period: `exhausted_in_seconds` as
+/// `tower_budget::alerts` defines it. Per limited period one pass over the window's ledger
+/// entries, oldest first, on the covering index: each stretch between two entries leaving the
+/// window is checked with one integer division (`short` cents at `hourly` cents per hour).
+pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| {
+    let mut extra = String::from(
+        ",\n       w.alert_thresholds, COALESCE(last.total_cents, 0) AS last_total, {NOW} AS now",
+    )
+    .replace("{NOW}", NOW);
+    for p in Period::all() {
+        extra += &format!(",\n       tower_budget_limit(w.budget_limits, '{p}') AS \"lim_{p}\"");
+    }
+    let forecasts: Vec<String> = Period::all()
+        .map(|p| {
+            let (secs, h) = (p.window().as_secs(), Period::HOURLY);
+            format!(
+                "CASE WHEN s.\"lim_{p}\" IS NULL THEN NULL
+            WHEN s.\"{p}\" >= s.\"lim_{p}\" THEN 0
+            WHEN s.\"{h}\" <= 0 THEN NULL
+            ELSE (SELECT min(seg.at)::BIGINT FROM (
+                SELECT GREATEST(x.start, CASE WHEN x.short <= 0 THEN 0
+                                              ELSE div(x.short + s.\"{h}\" - 1, s.\"{h}\") END) AS at,
+                       x.stop
+                FROM (SELECT y.start, LEAD(y.start, 1, {secs} + 1) OVER (ORDER BY y.ord NULLS FIRST) AS stop,
+                             (s.\"lim_{p}\" - y.remaining)::NUMERIC * 3600 AS short
+                      FROM (SELECT NULL::BIGINT AS ord, 0::NUMERIC AS start, s.\"{p}\" AS remaining
+                            UNION ALL
+                            SELECT e.total_cents,
+                                   CEIL(EXTRACT(EPOCH FROM e.occurred_at + interval '{secs} seconds' - s.now)),
+                                   s.last_total - e.total_cents
+                            FROM workspace_spend_events e
+                            WHERE e.workspace_id = $1 AND e.occurred_at > s.now - interval '{secs} seconds'
+                              AND e.occurred_at <= s.now) y) x) seg
+                WHERE seg.at < seg.stop)
+       END AS \"forecast_{p}\""
+            )
+        })
+        .collect();
+    format!(
+        "WITH s AS ({})\nSELECT s.*,\n       {}\nFROM s",
+        status_select(&extra),
+        forecasts.join(",\n       ")
     )
 });
 
@@ -93,9 +143,83 @@ static LAST_TOTAL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `$1` id, `$2` cumulative cents, `$3` seq as text, `$4` now or NULL (the database's clock).
+/// `$1` id, `$2` cumulative cents, `$3` seq as text, `$4` now or NULL (the database's clock),
+/// `$5` [`PERIOD_NAMES`], `$6` [`PERIOD_WINDOWS`]: the heartbeat decides alerts with the period
+/// table it is given.
 pub(super) const RECORD_HEARTBEAT: &str =
-    "SELECT o_known, o_delta_cents, o_stale FROM tower_budget_record_heartbeat($1, $2, $3::TEXT::NUMERIC, $4)";
+    "SELECT o_known, o_delta_cents, o_stale FROM tower_budget_record_heartbeat($1, $2, $3::TEXT::NUMERIC, $4, $5::TEXT[], $6::BIGINT[])";
+
+/// The period table's names, in table order, for the SQL functions that take it.
+pub(super) static PERIOD_NAMES: LazyLock<Vec<String>> =
+    LazyLock::new(|| Period::all().map(|p| p.name().to_owned()).collect());
+
+/// The period table's windows in seconds, in table order.
+pub(super) static PERIOD_WINDOWS: LazyLock<Vec<i64>> = LazyLock::new(|| {
+    Period::all()
+        .map(|p| i64::try_from(p.window().as_secs()).unwrap_or(i64::MAX))
+        .collect()
+});
+
+/// `$1` id, `$2` now or NULL, `$3` period names, `$4`/`$5` limits before/after, `$6`/`$7`
+/// spend before/after: decides the alert events of a change (the caller holds the row lock).
+pub(super) const ALERT_STEP: &str = "SELECT tower_budget_alert_step($1, COALESCE($2::TIMESTAMPTZ, now()), $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[])";
+
+/// Locks a live workspace's row and reads its limits (before a change).
+pub(super) static LOCK_LIMITS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM workspaces w WHERE w.id = $1 AND {LIVE} FOR UPDATE",
+        limit_columns()
+    )
+});
+
+/// Claims due outbox heads: `$1` how many, `$2` lease in seconds, `$3` now or NULL.
+pub(super) const CLAIM_ALERTS: &str = "WITH heads AS (
+    SELECT o.workspace_id, o.seq FROM budget_alert_outbox o
+    WHERE o.next_attempt_at <= COALESCE($3::TIMESTAMPTZ, now())
+      AND (o.leased_until IS NULL OR o.leased_until <= COALESCE($3::TIMESTAMPTZ, now()))
+      AND NOT EXISTS (SELECT 1 FROM budget_alert_outbox p
+                      WHERE p.workspace_id = o.workspace_id AND p.seq < o.seq)
+    ORDER BY o.next_attempt_at, o.seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+UPDATE budget_alert_outbox o
+SET attempts = o.attempts + 1,
+    leased_until = COALESCE($3::TIMESTAMPTZ, now()) + make_interval(secs => $2::FLOAT8)
+FROM heads WHERE o.workspace_id = heads.workspace_id AND o.seq = heads.seq
+RETURNING o.workspace_id, o.seq, o.id, o.kind, o.period, o.threshold, o.limit_cents,
+          o.spend_cents, o.decided_at, o.attempts, o.delivered_to";
+
+pub(super) const ALERT_DELIVERED: &str =
+    "DELETE FROM budget_alert_outbox WHERE workspace_id = $1 AND seq = $2";
+
+/// `$1` workspace, `$2` seq, `$3` the claim's attempts (another claim since: no change), `$4`
+/// webhooks that have it, `$5` retry in seconds, `$6` now or NULL.
+pub(super) const ALERT_FAILED: &str = "UPDATE budget_alert_outbox
+    SET delivered_to = $4, leased_until = NULL,
+        next_attempt_at = COALESCE($6::TIMESTAMPTZ, now()) + make_interval(secs => $5::FLOAT8)
+    WHERE workspace_id = $1 AND seq = $2 AND attempts = $3";
+
+/// `$1` max age in seconds, `$2` now or NULL.
+pub(super) const EXPIRE_ALERTS: &str = "DELETE FROM budget_alert_outbox
+    WHERE created_at < COALESCE($2::TIMESTAMPTZ, now()) - make_interval(secs => $1::FLOAT8)
+      AND (leased_until IS NULL OR leased_until <= COALESCE($2::TIMESTAMPTZ, now()))";
+
+/// Live workspaces with a period remembered as exceeded, a page after `$1`.
+pub(super) static EXCEEDED_WORKSPACES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT w.id FROM workspaces w
+    WHERE w.alert_exceeded IS NOT NULL AND {LIVE} AND ($1::TEXT IS NULL OR w.id > $1)
+    ORDER BY w.id LIMIT 1000"
+    )
+});
+
+/// Locks a workspace for the recovery sweep, unless a writer holds it (that writer decides).
+pub(super) static LOCK_EXCEEDED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.alert_exceeded IS NOT NULL AND {LIVE}
+    FOR UPDATE SKIP LOCKED"
+    )
+});
 
 /// Registering clears both removal marks (ours and the older software's).
 pub(super) const REGISTER: &str = "INSERT INTO workspaces AS w (id) VALUES ($1)
@@ -127,12 +251,14 @@ pub(super) static LIMITS: LazyLock<String> = LazyLock::new(|| {
 
 /// A merge patch applied in the database: `$2` the period names to clear, `$3` an object of
 /// the periods to set. Keys this version does not know (a period a newer replica added) stay as
-/// they were; a stored value that is not an object is replaced. Returns the limits after it.
+/// they were; a stored value that is not an object is replaced. With `$4` true the alert
+/// thresholds become `$5` (NULL: the default). Returns the limits after it.
 pub(super) static PATCH_LIMITS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE workspaces w SET budget_limits =
         (CASE WHEN jsonb_typeof(w.budget_limits) = 'object' THEN w.budget_limits ELSE '{{}}'::JSONB END
-         - $2::TEXT[]) || $3::JSONB
+         - $2::TEXT[]) || $3::JSONB,
+        alert_thresholds = CASE WHEN $4::BOOLEAN THEN $5::SMALLINT[] ELSE w.alert_thresholds END
     WHERE w.id = $1 AND {LIVE}
     RETURNING {}",
         limit_columns()
@@ -178,6 +304,8 @@ mod tests {
             assert!(STATUS.contains(&format!("interval '{} seconds'", p.window().as_secs())));
             assert!(RELEASE_TIMES.contains(&format!("AS \"{p}\"")));
             assert!(PATCH_LIMITS.contains(&format!("AS \"limit_{p}\"")));
+            assert!(REPORT.contains(&format!("AS \"forecast_{p}\"")));
+            assert!(REPORT.contains(&format!("AS \"lim_{p}\"")));
         }
     }
 }
