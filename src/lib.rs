@@ -31,8 +31,10 @@
 //! ## Features
 //! - `postgres` (default): [`store::postgres::PgStore`] on deadpool-postgres, with embedded
 //!   migrations.
-//! - `api` (default): the companion HTTP handlers ([`api::BudgetApi`]) with token auth, and
-//!   the budget page.
+//! - `api` (default): the companion HTTP handlers ([`api::BudgetApi`]) with token auth, the
+//!   budget page, and the alert sender ([`webhook::AlertSender`]).
+//!
+//! Alerts (thresholds, the burn-rate forecast, events) are in [`alerts`].
 #![deny(unsafe_code)]
 #![deny(unreachable_pub)]
 #![deny(missing_docs)]
@@ -47,6 +49,8 @@ mod per_thread;
 pub mod period;
 mod response;
 pub mod store;
+#[cfg(feature = "api")]
+pub mod webhook;
 mod workspace;
 
 pub use workspace::{InvalidWorkspaceId, WorkspaceId, MAX_WORKSPACE_ID_LEN};

@@ -150,8 +150,11 @@ async fn budget_flow(gw: &Gateway) {
     let get = budget(gw, "ws-1").await;
     assert_eq!(
         get.json["periods"]["hourly"],
-        json!({"limit": 5000, "spend": 1250, "remaining": 3750, "window_seconds": 3600})
+        // 3750 more at 1250 per hour takes three hours; the 1250 leave the window within one.
+        json!({"limit": 5000, "spend": 1250, "remaining": 3750, "window_seconds": 3600,
+               "exhausted_in_seconds": null})
     );
+    assert_eq!(get.json["alert_thresholds"], json!([80, 100]));
     assert_eq!(get.json["budget_limit"], Value::Null);
     assert_eq!(get.json["monthly_spend"], 1250);
 }

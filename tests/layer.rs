@@ -185,7 +185,8 @@ async fn each_period_blocks_with_the_spec_body_and_exact_retry_after() {
             json!({
                 "error": "workspace budget limit exceeded",
                 "exceeded_periods": [p.name()],
-                "periods": {p.name(): {"limit": 1000, "spend": 1200, "remaining": -200, "retry_after_seconds": wait}},
+                "periods": {p.name(): {"limit": 1000, "spend": 1200, "remaining": -200, "retry_after_seconds": wait,
+                                     "exhausted_in_seconds": 0}},
             })
         );
         assert_eq!(
@@ -244,7 +245,8 @@ async fn limit_zero_blocks_without_retry_after() {
     assert_eq!(body["exceeded_periods"], json!(["hourly", "daily"]));
     assert_eq!(
         body["periods"]["daily"],
-        json!({"limit": 0, "spend": 600, "remaining": -600, "retry_after_seconds": null})
+        json!({"limit": 0, "spend": 600, "remaining": -600, "retry_after_seconds": null,
+               "exhausted_in_seconds": 0})
     );
     assert_eq!(body["periods"]["hourly"]["retry_after_seconds"], 3_000);
 

@@ -126,7 +126,8 @@ async fn axum_router_blocks_and_unblocks<S: BudgetStore>(store: S, clock: Manual
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(
         body["periods"]["hourly"],
-        serde_json::json!({"limit": 1000, "spend": 1200, "remaining": -200, "retry_after_seconds": 600})
+        serde_json::json!({"limit": 1000, "spend": 1200, "remaining": -200, "retry_after_seconds": 600,
+                           "exhausted_in_seconds": 0})
     );
 
     assert_eq!(

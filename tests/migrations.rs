@@ -25,7 +25,7 @@ async fn applies_to_an_empty_database_and_reruns_as_a_no_op() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     let store = PgStore::new(pool.clone());
     store.register(&ws("a")).await.unwrap();
     let out = store
@@ -33,6 +33,16 @@ async fn applies_to_an_empty_database_and_reruns_as_a_no_op() {
         .await
         .unwrap();
     assert_eq!(out.recorded_delta_cents, 10);
+    // A replica still on the previous release calls the four-argument heartbeat during a
+    // rolling upgrade: it still records (without deciding alerts).
+    let row = client
+        .query_one(
+            "SELECT o_known, o_delta_cents FROM tower_budget_record_heartbeat('a', 25, NULL, NULL)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, i64>(1)), (true, 15));
 }
 
 #[tokio::test]

@@ -46,6 +46,16 @@ pub struct Config {
     /// Longest wait for an agent's response headers, in ms (504 after it).
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout_ms: u64,
+
+    /// Webhook that receives a JSON POST per alert event (threshold crossed, recovered);
+    /// repeatable (the environment variable takes a comma-separated list). Plain http:// only:
+    /// put a relay in front of an https receiver (README, "Alerts").
+    #[arg(long = "alert-webhook", env = "GATEWAY_ALERT_WEBHOOK", value_delimiter = ',', value_parser = parse_webhook)]
+    pub alert_webhooks: Vec<String>,
+
+    /// Secret that signs every alert POST (the Budget-Signature header, HMAC-SHA256).
+    #[arg(long, env = "GATEWAY_ALERT_SECRET", hide_env_values = true)]
+    pub alert_secret: Option<String>,
 }
 
 impl Config {
@@ -72,4 +82,18 @@ fn parse_public_url(s: &str) -> Result<String, String> {
         return Err("must be an absolute http:// or https:// URL without a query".into());
     }
     Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// An absolute http:// URL (the gateway's client speaks no TLS).
+fn parse_webhook(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(s.to_owned()),
+        Some("https") => Err(
+            "https webhooks need a TLS client, which this gateway does not include; \
+             point it at an http:// relay (see the README)"
+                .into(),
+        ),
+        _ => Err("must be an absolute http:// URL".into()),
+    }
 }

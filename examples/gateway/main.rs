@@ -6,6 +6,7 @@
 //! DATABASE_URL=postgres://… cargo run --release --example gateway
 //! ```
 
+mod alerts;
 mod app;
 mod card;
 mod config;
@@ -106,6 +107,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_budget_headers(true)
         .with_exempt(|p| proxy::is_card_request(&p.method, p.uri.path()));
+    if config.alert_secret.as_deref().is_some_and(|s| s.is_empty()) {
+        return Err("--alert-secret must not be empty".into());
+    }
     let api = BudgetApi::new(cached.clone(), TokenAuth::new(&admin_token, cached.clone()));
     let proxy = Proxy::new(
         cached,
@@ -123,6 +127,13 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut signals = Signals::register()?;
     let pruner = spawn_pruner(backend.store.clone(), PRUNE_EVERY);
+    // Events are recorded whether or not this process has a webhook; the sweep that decides
+    // recoveries and the expiry run in every process.
+    let alert_sender = alerts::spawn(
+        backend.store.clone(),
+        config.alert_webhooks.clone(),
+        config.alert_secret.clone(),
+    );
     println!("listening on http://{local} (public URL {public_url})");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
@@ -147,6 +158,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     pruner.abort();
+    alert_sender.abort();
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod fake;
 pub mod gateway;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod receiver;
 #[cfg(feature = "postgres")]
 pub mod relay;
 
