@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS budget_alert_outbox (
     PRIMARY KEY (workspace_id, seq)
 );
 CREATE INDEX IF NOT EXISTS budget_alert_outbox_due ON budget_alert_outbox (next_attempt_at);
+CREATE INDEX IF NOT EXISTS budget_alert_outbox_age
+    ON budget_alert_outbox (LEAST(created_at, decided_at));
 
 -- A stored limit read the way `Limits::from_stored_numbers` reads it: a JSON number whose text
 -- is an integer within i64 and >= 0, else no limit. Never fails.

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::Sha256;
@@ -113,6 +114,7 @@ pub struct AlertSender {
     secret: Option<Vec<u8>>,
     post: Arc<dyn PostWebhook>,
     options: SenderOptions,
+    warn: WarnEvery,
 }
 
 impl std::fmt::Debug for AlertSender {
@@ -139,6 +141,7 @@ impl AlertSender {
             secret: None,
             post,
             options: SenderOptions::default(),
+            warn: WarnEvery::default(),
         }
     }
 
@@ -156,43 +159,66 @@ impl AlertSender {
         self
     }
 
-    /// Runs until the handle is aborted (or the runtime ends).
+    /// Runs until the handle is aborted (or the runtime ends). Maintenance (the recovery sweep
+    /// and the expiry) and delivery are two tasks, so neither can hold the other up: a sweep
+    /// over many workspaces does not stop deliveries, and a hanging receiver does not stop the
+    /// sweep.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run())
-    }
-
-    async fn run(self) {
-        let mut maintenance = tokio::time::interval(self.options.maintenance);
-        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut poll = tokio::time::interval(self.options.poll);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = maintenance.tick() => self.maintain().await,
-                _ = poll.tick(), if !self.webhooks.is_empty() => {
-                    // A round that delivered something is followed at once by the next (a
-                    // workspace's next event becomes claimable only after the one before it).
-                    while self.round().await > 0 {}
+        let sender = Arc::new(self);
+        let maintenance = tokio::spawn({
+            let sender = sender.clone();
+            async move {
+                let mut tick = tokio::time::interval(sender.options.maintenance);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    sender.maintain().await;
                 }
             }
-        }
+        });
+        tokio::spawn(async move {
+            // Aborting this task aborts the maintenance task with it.
+            struct Abort(tokio::task::JoinHandle<()>);
+            impl Drop for Abort {
+                fn drop(&mut self) {
+                    self.0.abort();
+                }
+            }
+            let _maintenance = Abort(maintenance);
+            if sender.webhooks.is_empty() {
+                return std::future::pending().await;
+            }
+            let mut tick = tokio::time::interval(sender.options.poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                // A round that delivered something is followed at once by the next (a
+                // workspace's next event becomes claimable only after the one before it).
+                while sender.round().await > 0 {}
+            }
+        })
     }
 
     async fn maintain(&self) {
         if let Err(e) = self.outbox.sweep_recovered().await {
-            tracing::warn!(error = %e, "alert recovery sweep failed");
+            self.warn
+                .warn(format_args!("alert recovery sweep failed: {e}"));
         }
         match self.outbox.expire_alerts(ALERT_MAX_AGE).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics::counter!("tower_budget_alert_events_dropped_total").increment(n);
-                tracing::warn!(
-                    dropped = n,
-                    "alert events not delivered within 24 hours were dropped"
-                );
+                if self.webhooks.is_empty() {
+                    // Expected where no process delivers: not an alarm.
+                    tracing::debug!(dropped = n, "undelivered alert events expired");
+                } else {
+                    tracing::warn!(
+                        dropped = n,
+                        "alert events not delivered within 24 hours were dropped"
+                    );
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "alert expiry failed"),
+            Err(e) => self.warn.warn(format_args!("alert expiry failed: {e}")),
         }
     }
 
@@ -205,12 +231,22 @@ impl AlertSender {
         {
             Ok(claimed) => claimed,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot claim alert events");
+                self.warn
+                    .warn(format_args!("cannot claim alert events: {e}"));
                 return 0;
             }
         };
         let n = claimed.len();
-        join_all(claimed.iter().map(|alert| self.deliver(alert))).await;
+        // At most a few at once: each acknowledgement takes a pooled connection that budget
+        // checks also need.
+        let deliveries: Vec<BoxFuture<'_, ()>> = claimed
+            .iter()
+            .map(|alert| Box::pin(self.deliver(alert)) as BoxFuture<'_, ()>)
+            .collect();
+        futures_util::stream::iter(deliveries)
+            .buffer_unordered(CONCURRENT_DELIVERIES)
+            .collect::<Vec<()>>()
+            .await;
         n
     }
 
@@ -230,16 +266,22 @@ impl AlertSender {
         }
         let done = self.webhooks.iter().all(|url| delivered.contains(url));
         let outcome = if done {
-            metrics::counter!("tower_budget_alert_events_total", "type" => alert.event.kind.name())
-                .increment(1);
-            self.outbox.alert_delivered(alert).await
+            let acknowledged = self.outbox.alert_delivered(alert).await;
+            if acknowledged.is_ok() {
+                metrics::counter!("tower_budget_alert_events_total", "type" => alert.event.kind.name())
+                    .increment(1);
+            }
+            acknowledged
         } else {
             let retry_in = backoff(alert.attempts, jitter(&alert.event.id, alert.attempts));
             self.outbox.alert_failed(alert, &delivered, retry_in).await
         };
         if let Err(e) = outcome {
             // The lease runs out and the event is claimed again: delivered at least once.
-            tracing::warn!(error = %e, id = %alert.event.id, "cannot record an alert delivery");
+            self.warn.warn(format_args!(
+                "cannot record the delivery of alert {}: {e}",
+                alert.event.id
+            ));
         }
     }
 
@@ -268,8 +310,52 @@ impl AlertSender {
             Err(_) => format!("no answer within {:?}", self.options.attempt_timeout),
         };
         metrics::counter!("tower_budget_alert_delivery_failures_total").increment(1);
-        tracing::warn!(webhook = %url, error = %failure, "alert delivery failed; will retry");
+        self.warn.warn(format_args!(
+            "alert delivery to {} failed ({failure}); will retry",
+            redacted(url)
+        ));
         false
+    }
+}
+
+/// Most deliveries (POSTs and their acknowledgement) of one round at once.
+const CONCURRENT_DELIVERIES: usize = 4;
+
+/// A webhook URL as logged: without user info or query, which may carry credentials.
+fn redacted(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("?"),
+                uri.host().unwrap_or("?"),
+                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + uri.path()
+        }
+        Err(_) => "<webhook>".to_owned(),
+    }
+}
+
+/// Warnings at most once per 10 s, with how many were held back meanwhile: a receiver or
+/// database that is down for hours does not flood the log.
+#[derive(Debug, Default)]
+struct WarnEvery {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl WarnEvery {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn warn(&self, message: std::fmt::Arguments<'_>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < Self::EVERY => state.1 += 1,
+            _ => {
+                tracing::warn!(held_back = state.1, "{message}");
+                *state = (Some(now), 0);
+            }
+        }
     }
 }
 
@@ -302,5 +388,14 @@ mod tests {
         assert!(backoff(3, 0.99) < backoff(3, 0.0));
         assert!(backoff(3, 0.99) > Duration::from_secs(3));
         assert!((0.0..1.0).contains(&jitter("evt", 3)));
+    }
+
+    #[test]
+    fn logged_urls_carry_no_credentials() {
+        assert_eq!(
+            redacted("http://user:pw@relay.internal:9911/hook?token=abc"),
+            "http://relay.internal:9911/hook"
+        );
+        assert_eq!(redacted("not a url at all"), "<webhook>");
     }
 }

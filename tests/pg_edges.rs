@@ -489,3 +489,179 @@ async fn a_heartbeat_given_up_before_its_group_is_not_written() {
     );
     assert_eq!(store.status(&w).await.unwrap().spend[Period::MONTHLY], 100);
 }
+
+/// Alert state written by other software: thresholds with NULLs or two dimensions read
+/// tolerantly (the GET used to panic), and outbox rows this version cannot read are dropped,
+/// not retried for ever and not a panic in the sender (SPEC §12, RELIABILITY §9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_alert_rows_read_tolerantly() {
+    use tower_budget::store::AlertOutbox;
+    let (store, client) = store_and_client().await;
+    for (id, stored, want) in [
+        ("t-null", "'{80,NULL,50}'", vec![50u16, 80]),
+        ("t-2d", "'{{50},{80}}'", vec![50, 80]),
+        ("t-range", "'{0,-5,2000,100}'", vec![100]),
+        ("t-empty", "'{}'", vec![]),
+    ] {
+        store.register(&ws(id)).await.unwrap();
+        client
+            .execute(
+                &format!("UPDATE workspaces SET alert_thresholds = {stored} WHERE id = '{id}'"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let report = store.report(&ws(id)).await.unwrap();
+        assert_eq!(report.alert_thresholds.as_slice(), want, "{id}");
+    }
+    // The heartbeat's step reads them the same way: 50 and 80 fire once each.
+    store
+        .patch_limits(
+            &ws("t-null"),
+            &LimitsPatch::new().with(Period::DAILY, Some(100)).unwrap(),
+        )
+        .await
+        .unwrap();
+    store
+        .record_heartbeat(&Heartbeat::new(ws("t-null"), Some(90), None))
+        .await
+        .unwrap();
+    let good = store
+        .claim_alerts(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(good.len(), 1, "one head per workspace");
+    assert_eq!(good[0].event.threshold, 50);
+    store.alert_delivered(&good[0]).await.unwrap();
+
+    // Odd outbox rows: an unknown kind, a time that does not read, a delivered_to with a NULL,
+    // attempts at the top of the range.
+    for (ws_id, kind, decided, delivered, attempts) in [
+        ("o-kind", "budget.unknown", "now()", "'{}'", 0),
+        ("o-time", "budget.recovered", "'infinity'", "'{}'", 0),
+        (
+            "o-null",
+            "budget.recovered",
+            "now()",
+            "'{NULL,\"http://a\"}'",
+            0,
+        ),
+        ("o-max", "budget.recovered", "now()", "'{}'", i32::MAX),
+    ] {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO budget_alert_outbox (workspace_id, id, kind, period, threshold,
+                        limit_cents, spend_cents, decided_at, created_at, next_attempt_at,
+                        delivered_to, attempts)
+                     VALUES ('{ws_id}', 'x-{ws_id}', '{kind}', 'hourly', 100, 5, 1, {decided},
+                        now(), now() - interval '1 second', {delivered}, {attempts})"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    let mut claimed = store
+        .claim_alerts(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    claimed.sort_by(|a, b| a.event.workspace.cmp(&b.event.workspace));
+    let got: Vec<_> = claimed
+        .iter()
+        .map(|c| {
+            (
+                c.event.workspace.to_string(),
+                c.delivered_to.clone(),
+                c.attempts,
+            )
+        })
+        .collect();
+    assert!(
+        got.contains(&("o-null".into(), vec!["http://a".to_string()], 1)),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("o-max".into(), vec![], i32::MAX as u32)),
+        "{got:?}"
+    );
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM budget_alert_outbox WHERE workspace_id IN ('o-kind', 'o-time')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "unreadable rows are dropped");
+}
+
+/// A heartbeat whose transaction began after a PATCH's but took the row lock first stamped its
+/// entry after the PATCH transaction's `now()`: the PATCH must count it (an injected clock
+/// behind the last entry stands for that PATCH's start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_decides_alerts_with_the_spend_recorded_before_it_took_the_lock() {
+    use tower_budget::alerts::AlertKind;
+    use tower_budget::store::AlertOutbox;
+    let start = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let clock = tower_budget::clock::ManualClock::new(start);
+    let pool = common::pg::migrated_pool().await;
+    let store = PgStore::new(pool).with_clock(clock.clone());
+    let w = ws("race");
+    store.register(&w).await.unwrap();
+    store
+        .patch_limits(
+            &w,
+            &LimitsPatch::new()
+                .with(Period::HOURLY, Some(1_000))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(700), None))
+        .await
+        .unwrap();
+    clock.set(start + chrono::Duration::seconds(5));
+    store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(900), None))
+        .await
+        .unwrap();
+    clock.set(start + chrono::Duration::seconds(2));
+    let report = store
+        .patch_limits(
+            &w,
+            &LimitsPatch::new().with(Period::HOURLY, Some(850)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.spend[Period::HOURLY], 900, "the later entry counts");
+    clock.set(start + chrono::Duration::seconds(10));
+    let mut events = Vec::new();
+    loop {
+        let claimed = store
+            .claim_alerts(10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for c in claimed {
+            store.alert_delivered(&c).await.unwrap();
+            events.push((
+                c.event.kind,
+                c.event.threshold,
+                c.event.limit,
+                c.event.spend,
+            ));
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            (AlertKind::ThresholdCrossed, 80, Some(1_000), 900),
+            (AlertKind::ThresholdCrossed, 100, Some(850), 900),
+        ],
+        "80 once (the heartbeat's), then 100 at the lowered limit"
+    );
+}

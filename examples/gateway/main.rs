@@ -68,6 +68,13 @@ fn main() {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    if config
+        .alert_secret
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        return Err("--alert-secret must not be empty".into());
+    }
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let backend = app::store(config.database_url.as_deref(), config.cache_ttl()).await?;
     let admin_token = match &config.admin_token {
@@ -107,9 +114,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_budget_headers(true)
         .with_exempt(|p| proxy::is_card_request(&p.method, p.uri.path()));
-    if config.alert_secret.as_deref().is_some_and(|s| s.is_empty()) {
-        return Err("--alert-secret must not be empty".into());
-    }
     let api = BudgetApi::new(cached.clone(), TokenAuth::new(&admin_token, cached.clone()));
     let proxy = Proxy::new(
         cached,

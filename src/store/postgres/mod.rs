@@ -428,12 +428,18 @@ impl BudgetStore for PgStore {
                 // against the limits this change replaced.
                 let tx = client.transaction().await.map_err(db)?;
                 let lock = tx.prepare_cached(&sql::LOCK_LIMITS).await.map_err(db)?;
-                let old = tx
-                    .query_opt(&lock, &[&ws])
+                let locked = tx
+                    .query_opt(&lock, &[&ws, &now])
                     .await
                     .map_err(db)?
-                    .map(|r| limits_of(&r, 0))
                     .ok_or(StoreError::NotFound)?;
+                let old = limits_of(&locked, 0);
+                // Read and decide at the time the lock says (see `sql::LOCK_LIMITS`).
+                let now = locked
+                    .try_get::<_, Option<DateTime<Utc>>>("at")
+                    .ok()
+                    .flatten()
+                    .or(now);
                 let merge = tx.prepare_cached(&sql::PATCH_LIMITS).await.map_err(db)?;
                 let row = tx
                     .query_opt(&merge, &[&ws, &clear, &set, &set_thresholds, &thresholds])
@@ -594,6 +600,25 @@ impl BudgetStore for PgStore {
     }
 }
 
+/// A claimed outbox row, or `None` where any column does not read as this version wrote it.
+fn pending_alert(r: &Row) -> Option<PendingAlert> {
+    Some(PendingAlert {
+        key: r.try_get(1).ok()?,
+        event: AlertEvent {
+            id: r.try_get(2).ok()?,
+            kind: AlertKind::from_name(r.try_get(3).ok()?)?,
+            workspace: WorkspaceId::new(r.try_get::<_, &str>(0).ok()?).ok()?,
+            period: r.try_get(4).ok()?,
+            threshold: u16::try_from(r.try_get::<_, i32>(5).ok()?).ok()?,
+            limit: r.try_get(6).ok()?,
+            spend: r.try_get(7).ok()?,
+            at: r.try_get(8).ok()?,
+        },
+        attempts: u32::try_from(r.try_get::<_, i32>(9).ok()?).unwrap_or(u32::MAX),
+        delivered_to: r.try_get(10).ok()?,
+    })
+}
+
 /// Limits as a SQL array in period-table order (NULL for no limit).
 fn limit_array(limits: &Limits) -> Vec<Option<i64>> {
     Period::all().map(|p| limits.get(p)).collect()
@@ -621,29 +646,22 @@ impl AlertOutbox for PgStore {
                 }
             })
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                // Rows another version wrote that this one cannot read are left to it.
-                let workspace = WorkspaceId::new(r.get::<_, &str>(0)).ok()?;
-                let kind = AlertKind::from_name(r.get(3))?;
-                Some(PendingAlert {
-                    key: r.get(1),
-                    event: AlertEvent {
-                        id: r.get(2),
-                        kind,
-                        workspace,
-                        period: r.get(4),
-                        threshold: u16::try_from(r.get::<_, i32>(5)).ok()?,
-                        limit: r.get(6),
-                        spend: r.get(7),
-                        at: r.get(8),
-                    },
-                    attempts: u32::try_from(r.get::<_, i32>(9)).unwrap_or(u32::MAX),
-                    delivered_to: r.get(10),
-                })
-            })
-            .collect())
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match pending_alert(row) {
+                Some(alert) => claimed.push(alert),
+                None => {
+                    // Written by other software and unreadable here: retrying cannot help, and
+                    // it would hold back the workspace's later events. Dropped and counted.
+                    let (ws, seq): (String, i64) = (row.get(0), row.get(1));
+                    tracing::warn!(workspace = %ws, seq, "dropping an alert event this version cannot read");
+                    metrics::counter!("tower_budget_alert_events_dropped_total").increment(1);
+                    self.execute(sql::DROP_ALERT, vec![Box::new(ws), Box::new(seq)])
+                        .await?;
+                }
+            }
+        }
+        Ok(claimed)
     }
 
     async fn alert_delivered(&self, alert: &PendingAlert) -> Result<(), StoreError> {
@@ -689,7 +707,7 @@ impl AlertOutbox for PgStore {
 
     async fn sweep_recovered(&self) -> Result<u64, StoreError> {
         let mut after: Option<String> = None;
-        let mut decided = 0;
+        let (mut decided, mut failures) = (0, 0);
         loop {
             let page = after.clone();
             let ids: Vec<String> = self
@@ -706,14 +724,21 @@ impl AlertOutbox for PgStore {
                 .await?;
             for id in &ids {
                 let (ws, now) = (id.clone(), self.now());
-                decided += self
+                let settled = self
                     .run(move |client| {
                         Box::pin(async move {
                             let tx = client.transaction().await.map_err(db)?;
                             let lock = tx.prepare_cached(&sql::LOCK_EXCEEDED).await.map_err(db)?;
-                            if tx.query_opt(&lock, &[&ws]).await.map_err(db)?.is_none() {
+                            let Some(locked) =
+                                tx.query_opt(&lock, &[&ws, &now]).await.map_err(db)?
+                            else {
                                 return Ok(0);
-                            }
+                            };
+                            let now = locked
+                                .try_get::<_, Option<DateTime<Utc>>>(0)
+                                .ok()
+                                .flatten()
+                                .or(now);
                             let read = tx.prepare_cached(&sql::STATUS).await.map_err(db)?;
                             let Some(status) =
                                 tx.query_opt(&read, &[&ws, &now]).await.map_err(db)?
@@ -743,7 +768,20 @@ impl AlertOutbox for PgStore {
                             Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
                         })
                     })
-                    .await?;
+                    .await;
+                match settled {
+                    Ok(n) => {
+                        decided += n;
+                        failures = 0;
+                    }
+                    // One workspace that fails does not stop the others (the next sweep retries
+                    // it); a database that fails them all stops the sweep.
+                    Err(e) if failures < 2 => {
+                        failures += 1;
+                        tracing::debug!(workspace = %id, error = %e, "recovery sweep skipped a workspace");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             match ids.into_iter().last() {
                 Some(last) => after = Some(last),

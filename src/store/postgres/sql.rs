@@ -70,7 +70,10 @@ WHERE w.id = $1 AND {LIVE}",
 /// window is checked with one integer division (`short` cents at `hourly` cents per hour).
 pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| {
     let mut extra = String::from(
-        ",\n       w.alert_thresholds, COALESCE(last.total_cents, 0) AS last_total, {NOW} AS now",
+        ",\n       CASE WHEN w.alert_thresholds IS NOT NULL THEN ARRAY(
+           SELECT DISTINCT x FROM unnest(w.alert_thresholds) x WHERE x BETWEEN 1 AND 1000 ORDER BY x)
+       END AS alert_thresholds,
+       COALESCE(last.total_cents, 0) AS last_total, {NOW} AS now",
     )
     .replace("{NOW}", NOW);
     for p in Period::all() {
@@ -164,10 +167,14 @@ pub(super) static PERIOD_WINDOWS: LazyLock<Vec<i64>> = LazyLock::new(|| {
 /// spend before/after: decides the alert events of a change (the caller holds the row lock).
 pub(super) const ALERT_STEP: &str = "SELECT tower_budget_alert_step($1, COALESCE($2::TIMESTAMPTZ, now()), $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[])";
 
-/// Locks a live workspace's row and reads its limits (before a change).
+/// Locks a live workspace's row and reads its limits (before a change), then the time to read
+/// the change at: now, or the workspace's last ledger entry if later — a heartbeat whose
+/// transaction began after this one's but took the lock first stamped its entry after this
+/// transaction's `now()`, and must count.
 pub(super) static LOCK_LIMITS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM workspaces w WHERE w.id = $1 AND {LIVE} FOR UPDATE",
+        "SELECT {}, GREATEST({NOW}, w.spend_last_at) AS at
+    FROM workspaces w WHERE w.id = $1 AND {LIVE} FOR UPDATE",
         limit_columns()
     )
 });
@@ -183,25 +190,36 @@ pub(super) const CLAIM_ALERTS: &str = "WITH heads AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
 UPDATE budget_alert_outbox o
-SET attempts = o.attempts + 1,
+SET attempts = LEAST(o.attempts, 2147483646) + 1,
     leased_until = COALESCE($3::TIMESTAMPTZ, now()) + make_interval(secs => $2::FLOAT8)
 FROM heads WHERE o.workspace_id = heads.workspace_id AND o.seq = heads.seq
 RETURNING o.workspace_id, o.seq, o.id, o.kind, o.period, o.threshold, o.limit_cents,
-          o.spend_cents, o.decided_at, o.attempts, o.delivered_to";
+          o.spend_cents, o.decided_at, o.attempts,
+          ARRAY(SELECT x FROM unnest(o.delivered_to) x WHERE x IS NOT NULL) AS delivered_to";
+
+/// An outbox row this version cannot read (written by other software): dropped, not retried.
+pub(super) const DROP_ALERT: &str =
+    "DELETE FROM budget_alert_outbox WHERE workspace_id = $1 AND seq = $2";
 
 pub(super) const ALERT_DELIVERED: &str =
     "DELETE FROM budget_alert_outbox WHERE workspace_id = $1 AND seq = $2";
 
 /// `$1` workspace, `$2` seq, `$3` the claim's attempts (another claim since: no change), `$4`
-/// webhooks that have it, `$5` retry in seconds, `$6` now or NULL.
-pub(super) const ALERT_FAILED: &str = "UPDATE budget_alert_outbox
+/// webhooks that have it, `$5` retry in seconds, `$6` now or NULL. The workspace's later events
+/// cannot go before it: they are not due before it either, so the claim does not visit them.
+pub(super) const ALERT_FAILED: &str = "WITH head AS (
+    UPDATE budget_alert_outbox
     SET delivered_to = $4, leased_until = NULL,
         next_attempt_at = COALESCE($6::TIMESTAMPTZ, now()) + make_interval(secs => $5::FLOAT8)
-    WHERE workspace_id = $1 AND seq = $2 AND attempts = $3";
+    WHERE workspace_id = $1 AND seq = $2 AND attempts = $3
+    RETURNING next_attempt_at)
+UPDATE budget_alert_outbox o SET next_attempt_at = head.next_attempt_at
+FROM head
+WHERE o.workspace_id = $1 AND o.seq > $2 AND o.next_attempt_at < head.next_attempt_at";
 
 /// `$1` max age in seconds, `$2` now or NULL.
 pub(super) const EXPIRE_ALERTS: &str = "DELETE FROM budget_alert_outbox
-    WHERE created_at < COALESCE($2::TIMESTAMPTZ, now()) - make_interval(secs => $1::FLOAT8)
+    WHERE LEAST(created_at, decided_at) < COALESCE($2::TIMESTAMPTZ, now()) - make_interval(secs => $1::FLOAT8)
       AND (leased_until IS NULL OR leased_until <= COALESCE($2::TIMESTAMPTZ, now()))";
 
 /// Live workspaces with a period remembered as exceeded, a page after `$1`.
@@ -213,10 +231,12 @@ pub(super) static EXCEEDED_WORKSPACES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Locks a workspace for the recovery sweep, unless a writer holds it (that writer decides).
+/// Locks a workspace for the recovery sweep, unless a writer holds it (that writer decides),
+/// and reads the time to read it at (see [`LOCK_LIMITS`]).
 pub(super) static LOCK_EXCEEDED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.alert_exceeded IS NOT NULL AND {LIVE}
+        "SELECT GREATEST({NOW}, w.spend_last_at) FROM workspaces w
+    WHERE w.id = $1 AND w.alert_exceeded IS NOT NULL AND {LIVE}
     FOR UPDATE SKIP LOCKED"
     )
 });
