@@ -156,12 +156,15 @@ DECLARE
     v_before BIGINT[];
     v_after  BIGINT[];
     v_watch  BOOLEAN;
+    v_long   INTEGER;
+    v_upper  BIGINT;
+    v_tmin   INTEGER;
     i        INTEGER;
     c_max    CONSTANT BIGINT := 9223372036854775807;
 BEGIN
     SELECT GREATEST(COALESCE(ws.monthly_spend, 0), 0) AS previous,
            ws.spend_seq, ws.spend_total_cents, ws.spend_last_at, ws.budget_limits,
-           ws.alert_exceeded
+           ws.alert_thresholds, ws.alert_exceeded
       INTO w
       FROM workspaces ws
      WHERE ws.id = p_workspace_id
@@ -204,11 +207,42 @@ BEGIN
         INSERT INTO workspace_spend_events (workspace_id, occurred_at, delta_cents, total_cents)
         VALUES (p_workspace_id, v_at, v_delta, v_total);
 
-        -- Alerts, at the entry's time: the spend of each watched window after this entry (no
-        -- entry is later than it) and before it.
-        v_limits := ARRAY(SELECT tower_budget_limit(w.budget_limits, x) FROM unnest(p_periods) x);
-        v_watch := w.alert_exceeded IS NOT NULL
-                   OR EXISTS (SELECT 1 FROM unnest(v_limits) l WHERE l IS NOT NULL);
+        -- Alerts, at the entry's time (no entry is later than it). Workspaces without limits
+        -- and without a remembered exceeded period skip them. The windows are nested (all end
+        -- at v_at), so the spend of the longest limited window bounds every shorter one: while
+        -- it is under the lowest threshold of every limit and nothing is remembered as
+        -- exceeded, nothing can fire, and that one index probe is all it costs.
+        v_watch := w.alert_exceeded IS NOT NULL;
+        IF v_watch
+           OR (jsonb_typeof(w.budget_limits) = 'object' AND w.budget_limits <> '{}'::JSONB) THEN
+            v_limits := '{}';
+            FOR i IN 1 .. cardinality(p_periods) LOOP
+                v_limits[i] := tower_budget_limit(w.budget_limits, p_periods[i]);
+                IF v_limits[i] IS NOT NULL
+                   AND (v_long IS NULL OR p_windows[i] > p_windows[v_long]) THEN
+                    v_long := i;
+                END IF;
+            END LOOP;
+            IF NOT v_watch AND v_long IS NOT NULL THEN
+                v_upper := v_total - COALESCE(
+                    (SELECT e.total_cents - e.delta_cents FROM workspace_spend_events e
+                      WHERE e.workspace_id = p_workspace_id
+                        AND e.occurred_at > v_at - make_interval(secs => p_windows[v_long])
+                      ORDER BY e.occurred_at, e.total_cents LIMIT 1),
+                    v_total);
+                -- The lowest threshold (100 stands for the exceeded mark, kept even when quiet).
+                v_tmin := CASE WHEN w.alert_thresholds IS NULL THEN 80 ELSE LEAST(100, COALESCE(
+                    (SELECT min(x) FROM unnest(w.alert_thresholds) x WHERE x BETWEEN 1 AND 1000),
+                    100)) END;
+                FOR i IN 1 .. cardinality(p_periods) LOOP
+                    IF v_limits[i] IS NOT NULL
+                       AND v_upper::NUMERIC * 100 >= v_tmin::NUMERIC * v_limits[i] THEN
+                        v_watch := true;
+                        EXIT;
+                    END IF;
+                END LOOP;
+            END IF;
+        END IF;
         IF v_watch THEN
             v_before := '{}';
             v_after := '{}';
