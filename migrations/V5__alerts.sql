@@ -126,9 +126,15 @@ BEGIN
     END LOOP;
     -- Periods only a newer version knows keep their mark.
     v_now := v_now || ARRAY(SELECT x FROM unnest(v_was) x WHERE x <> ALL (p_periods));
-    IF ARRAY(SELECT x FROM unnest(v_now) x ORDER BY x)
+    -- A decision that changed something moves the workspace's clock floor to its time, so that
+    -- a writer whose transaction began earlier but takes the lock later (a heartbeat group that
+    -- waited on other rows, an older PATCH) decides at this time or later, never before it.
+    IF v_events > 0 OR ARRAY(SELECT x FROM unnest(v_now) x ORDER BY x)
        IS DISTINCT FROM ARRAY(SELECT x FROM unnest(v_was) x ORDER BY x) THEN
-        UPDATE workspaces SET alert_exceeded = NULLIF(v_now, '{}') WHERE id = p_workspace_id;
+        UPDATE workspaces
+           SET alert_exceeded = NULLIF(v_now, '{}'),
+               spend_last_at  = GREATEST(spend_last_at, p_at)
+         WHERE id = p_workspace_id;
     END IF;
     RETURN v_events;
 END

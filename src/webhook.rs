@@ -20,7 +20,8 @@
 //! # Metrics
 //! - `tower_budget_alert_events_total{type}`: events this process delivered, by type;
 //! - `tower_budget_alert_delivery_failures_total`: failed POSTs (no answer in time, not 2xx);
-//! - `tower_budget_alert_events_dropped_total`: events dropped after [`ALERT_MAX_AGE`].
+//! - `tower_budget_alert_events_dropped_total`: events dropped after [`ALERT_MAX_AGE`], or
+//!   because their stored row does not read as this crate writes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,9 +90,12 @@ pub struct SenderOptions {
     pub maintenance: Duration,
     /// Longest wait for one webhook's answer (10 s).
     pub attempt_timeout: Duration,
-    /// How long a claimed event is this process's alone (60 s; longer than an attempt).
+    /// How long a claimed event is this process's alone (60 s). A round claims no more events
+    /// than it can attempt within the lease (see [`batch`](Self::batch)).
     pub lease: Duration,
-    /// Most events claimed per round (64).
+    /// Most events claimed per round (64), and never more than four deliveries at a time can
+    /// start within the lease at the attempt timeout (16 with the defaults), so that no claimed
+    /// event waits out its lease unsent while another replica claims it again.
     pub batch: usize,
 }
 
@@ -114,13 +118,23 @@ pub struct AlertSender {
     secret: Option<Vec<u8>>,
     post: Arc<dyn PostWebhook>,
     options: SenderOptions,
-    warn: WarnEvery,
+    /// One rate limit per kind of warning, so that frequent ones do not hide rare ones.
+    warn: Warnings,
+}
+
+#[derive(Debug, Default)]
+struct Warnings {
+    delivery: WarnEvery,
+    claim: WarnEvery,
+    record: WarnEvery,
+    maintenance: WarnEvery,
 }
 
 impl std::fmt::Debug for AlertSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let webhooks: Vec<String> = self.webhooks.iter().map(|w| redacted(w)).collect();
         f.debug_struct("AlertSender")
-            .field("webhooks", &self.webhooks)
+            .field("webhooks", &webhooks)
             .field("signed", &self.secret.is_some())
             .field("options", &self.options)
             .finish_non_exhaustive()
@@ -141,7 +155,7 @@ impl AlertSender {
             secret: None,
             post,
             options: SenderOptions::default(),
-            warn: WarnEvery::default(),
+            warn: Warnings::default(),
         }
     }
 
@@ -165,36 +179,31 @@ impl AlertSender {
     /// sweep.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         let sender = Arc::new(self);
-        let maintenance = tokio::spawn({
-            let sender = sender.clone();
-            async move {
-                let mut tick = tokio::time::interval(sender.options.maintenance);
+        tokio::spawn(async move {
+            let deliveries = async {
+                if sender.webhooks.is_empty() {
+                    return std::future::pending().await;
+                }
+                let mut tick = tokio::time::interval(sender.options.poll);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tick.tick().await;
-                    sender.maintain().await;
+                    // A round that delivered something is followed at once by the next (a
+                    // workspace's next event becomes claimable only after the one before it).
+                    while sender.round().await > 0 {}
                 }
-            }
-        });
-        tokio::spawn(async move {
-            // Aborting this task aborts the maintenance task with it.
-            struct Abort(tokio::task::JoinHandle<()>);
-            impl Drop for Abort {
-                fn drop(&mut self) {
-                    self.0.abort();
-                }
-            }
-            let _maintenance = Abort(maintenance);
-            if sender.webhooks.is_empty() {
-                return std::future::pending().await;
-            }
-            let mut tick = tokio::time::interval(sender.options.poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            };
+            tokio::pin!(deliveries);
             loop {
-                tick.tick().await;
-                // A round that delivered something is followed at once by the next (a
-                // workspace's next event becomes claimable only after the one before it).
-                while sender.round().await > 0 {}
+                // Maintenance is a task of its own, aborted with this one (the guard), and
+                // started again should it ever end.
+                let maintenance = Abort(Some(tokio::spawn(maintain_every(sender.clone()))));
+                tokio::select! {
+                    () = &mut deliveries => return,
+                    ended = maintenance.wait() => {
+                        tracing::error!(?ended, "alert maintenance task ended; starting it again");
+                    }
+                }
             }
         })
     }
@@ -202,6 +211,7 @@ impl AlertSender {
     async fn maintain(&self) {
         if let Err(e) = self.outbox.sweep_recovered().await {
             self.warn
+                .maintenance
                 .warn(format_args!("alert recovery sweep failed: {e}"));
         }
         match self.outbox.expire_alerts(ALERT_MAX_AGE).await {
@@ -218,7 +228,10 @@ impl AlertSender {
                     );
                 }
             }
-            Err(e) => self.warn.warn(format_args!("alert expiry failed: {e}")),
+            Err(e) => self
+                .warn
+                .maintenance
+                .warn(format_args!("alert expiry failed: {e}")),
         }
     }
 
@@ -226,12 +239,13 @@ impl AlertSender {
     async fn round(&self) -> usize {
         let claimed = match self
             .outbox
-            .claim_alerts(self.options.batch, self.options.lease)
+            .claim_alerts(self.claim_size(), self.options.lease)
             .await
         {
             Ok(claimed) => claimed,
             Err(e) => {
                 self.warn
+                    .claim
                     .warn(format_args!("cannot claim alert events: {e}"));
                 return 0;
             }
@@ -248,6 +262,14 @@ impl AlertSender {
             .collect::<Vec<()>>()
             .await;
         n
+    }
+
+    /// Events per claim: the batch, or fewer if their attempts could outlast the lease (each
+    /// attempt is given the attempt timeout plus 5 s to acknowledge).
+    fn claim_size(&self) -> usize {
+        let per_slot = self.options.attempt_timeout + Duration::from_secs(5);
+        let waves = (self.options.lease.as_secs_f64() / per_slot.as_secs_f64()).floor() as usize;
+        self.options.batch.min(CONCURRENT_DELIVERIES * waves.max(1))
     }
 
     async fn deliver(&self, alert: &PendingAlert) {
@@ -278,7 +300,7 @@ impl AlertSender {
         };
         if let Err(e) = outcome {
             // The lease runs out and the event is claimed again: delivered at least once.
-            self.warn.warn(format_args!(
+            self.warn.record.warn(format_args!(
                 "cannot record the delivery of alert {}: {e}",
                 alert.event.id
             ));
@@ -310,7 +332,7 @@ impl AlertSender {
             Err(_) => format!("no answer within {:?}", self.options.attempt_timeout),
         };
         metrics::counter!("tower_budget_alert_delivery_failures_total").increment(1);
-        self.warn.warn(format_args!(
+        self.warn.delivery.warn(format_args!(
             "alert delivery to {} failed ({failure}); will retry",
             redacted(url)
         ));
@@ -318,20 +340,50 @@ impl AlertSender {
     }
 }
 
+/// Runs the recovery sweep and the expiry every `maintenance` interval.
+async fn maintain_every(sender: Arc<AlertSender>) {
+    let mut tick = tokio::time::interval(sender.options.maintenance);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        sender.maintain().await;
+    }
+}
+
+/// A task aborted when this guard is dropped.
+struct Abort(Option<tokio::task::JoinHandle<()>>);
+
+impl Abort {
+    /// Waits for the task to end; the guard then has nothing left to abort.
+    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        match self.0.take() {
+            Some(handle) => handle.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Most deliveries (POSTs and their acknowledgement) of one round at once.
 const CONCURRENT_DELIVERIES: usize = 4;
 
-/// A webhook URL as logged: without user info or query, which may carry credentials.
+/// A webhook URL as logged: scheme, host and port only — user info, path and query may carry
+/// credentials (Slack's and Teams' incoming webhooks keep theirs in the path).
 fn redacted(url: &str) -> String {
     match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            format!(
-                "{}://{}{}",
-                uri.scheme_str().unwrap_or("?"),
-                uri.host().unwrap_or("?"),
-                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
-            ) + uri.path()
-        }
+        Ok(uri) => format!(
+            "{}://{}{}/…",
+            uri.scheme_str().unwrap_or("?"),
+            uri.host().unwrap_or("?"),
+            uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
         Err(_) => "<webhook>".to_owned(),
     }
 }
@@ -391,10 +443,38 @@ mod tests {
     }
 
     #[test]
+    fn a_round_claims_no_more_than_it_can_attempt_within_the_lease() {
+        struct Never;
+        impl PostWebhook for Never {
+            fn post(
+                &self,
+                _: &str,
+                _: HeaderMap,
+                _: Bytes,
+            ) -> BoxFuture<'static, Result<StatusCode, BoxError>> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let outbox: Arc<dyn AlertOutbox> = Arc::new(crate::store::MemoryStore::new());
+        let sender = AlertSender::new(outbox, vec!["http://a/".into()], Arc::new(Never));
+        // 60 s lease, 10 s attempts (+5 s to acknowledge), four at a time: 16 of the 64.
+        assert_eq!(sender.claim_size(), 16);
+        let short = sender.with_options(SenderOptions {
+            lease: Duration::from_secs(5),
+            ..SenderOptions::default()
+        });
+        assert_eq!(
+            short.claim_size(),
+            CONCURRENT_DELIVERIES,
+            "at least one wave"
+        );
+    }
+
+    #[test]
     fn logged_urls_carry_no_credentials() {
         assert_eq!(
             redacted("http://user:pw@relay.internal:9911/hook?token=abc"),
-            "http://relay.internal:9911/hook"
+            "http://relay.internal:9911/…"
         );
         assert_eq!(redacted("not a url at all"), "<webhook>");
     }

@@ -585,15 +585,26 @@ async fn odd_alert_rows_read_tolerantly() {
         got.contains(&("o-max".into(), vec![], i32::MAX as u32)),
         "{got:?}"
     );
-    let left: i64 = client
-        .query_one(
-            "SELECT count(*) FROM budget_alert_outbox WHERE workspace_id IN ('o-kind', 'o-time')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 0, "unreadable rows are dropped");
+    let left = |ws_id: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM budget_alert_outbox WHERE workspace_id = $1",
+                    &[&ws_id],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(left("o-time").await, 0, "an unreadable row is dropped");
+    assert_eq!(
+        left("o-kind").await,
+        1,
+        "a kind a newer version writes is left to it, not dropped"
+    );
+    assert!(!got.iter().any(|(w, _, _)| w == "o-kind"));
 }
 
 /// A heartbeat whose transaction began after a PATCH's but took the row lock first stamped its
@@ -603,7 +614,11 @@ async fn odd_alert_rows_read_tolerantly() {
 async fn a_patch_decides_alerts_with_the_spend_recorded_before_it_took_the_lock() {
     use tower_budget::alerts::AlertKind;
     use tower_budget::store::AlertOutbox;
-    let start = chrono::Utc::now() - chrono::Duration::minutes(10);
+    // Whole microseconds, as the database keeps them.
+    let start = chrono::DateTime::from_timestamp_micros(
+        (chrono::Utc::now() - chrono::Duration::minutes(10)).timestamp_micros(),
+    )
+    .unwrap();
     let clock = tower_budget::clock::ManualClock::new(start);
     let pool = common::pg::migrated_pool().await;
     let store = PgStore::new(pool).with_clock(clock.clone());
@@ -664,4 +679,21 @@ async fn a_patch_decides_alerts_with_the_spend_recorded_before_it_took_the_lock(
         ],
         "80 once (the heartbeat's), then 100 at the lowered limit"
     );
+    // The other way round: that decision was made at start + 5 s (the last entry's time), so a
+    // heartbeat whose own clock says start + 3 s is stamped no earlier than it.
+    clock.set(start + chrono::Duration::seconds(3));
+    store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(950), None))
+        .await
+        .unwrap();
+    let client = store.pool().get().await.unwrap();
+    let last: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT max(occurred_at) FROM workspace_spend_events WHERE workspace_id = 'race'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, start + chrono::Duration::seconds(5));
 }

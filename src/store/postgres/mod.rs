@@ -600,22 +600,35 @@ impl BudgetStore for PgStore {
     }
 }
 
-/// A claimed outbox row, or `None` where any column does not read as this version wrote it.
-fn pending_alert(r: &Row) -> Option<PendingAlert> {
-    Some(PendingAlert {
-        key: r.try_get(1).ok()?,
+/// Why an outbox row was not claimed.
+enum Unreadable {
+    /// An event kind this version does not know.
+    Kind,
+    /// A column that does not read as this crate writes it.
+    Malformed,
+}
+
+/// A claimed outbox row.
+fn pending_alert(r: &Row) -> Result<PendingAlert, Unreadable> {
+    let bad = |_| Unreadable::Malformed;
+    let kind: &str = r.try_get(3).map_err(bad)?;
+    let kind = AlertKind::from_name(kind).ok_or(Unreadable::Kind)?;
+    let workspace: &str = r.try_get(0).map_err(bad)?;
+    Ok(PendingAlert {
+        key: r.try_get(1).map_err(bad)?,
         event: AlertEvent {
-            id: r.try_get(2).ok()?,
-            kind: AlertKind::from_name(r.try_get(3).ok()?)?,
-            workspace: WorkspaceId::new(r.try_get::<_, &str>(0).ok()?).ok()?,
-            period: r.try_get(4).ok()?,
-            threshold: u16::try_from(r.try_get::<_, i32>(5).ok()?).ok()?,
-            limit: r.try_get(6).ok()?,
-            spend: r.try_get(7).ok()?,
-            at: r.try_get(8).ok()?,
+            id: r.try_get(2).map_err(bad)?,
+            kind,
+            workspace: WorkspaceId::new(workspace).map_err(|_| Unreadable::Malformed)?,
+            period: r.try_get(4).map_err(bad)?,
+            threshold: u16::try_from(r.try_get::<_, i32>(5).map_err(bad)?)
+                .map_err(|_| Unreadable::Malformed)?,
+            limit: r.try_get(6).map_err(bad)?,
+            spend: r.try_get(7).map_err(bad)?,
+            at: r.try_get(8).map_err(bad)?,
         },
-        attempts: u32::try_from(r.try_get::<_, i32>(9).ok()?).unwrap_or(u32::MAX),
-        delivered_to: r.try_get(10).ok()?,
+        attempts: u32::try_from(r.try_get::<_, i32>(9).map_err(bad)?).unwrap_or(u32::MAX),
+        delivered_to: r.try_get(10).map_err(bad)?,
     })
 }
 
@@ -649,15 +662,22 @@ impl AlertOutbox for PgStore {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             match pending_alert(row) {
-                Some(alert) => claimed.push(alert),
-                None => {
-                    // Written by other software and unreadable here: retrying cannot help, and
-                    // it would hold back the workspace's later events. Dropped and counted.
+                Ok(alert) => claimed.push(alert),
+                // A kind a newer version writes: left to it (the lease runs out, a newer
+                // replica claims it; else it expires after 24 h).
+                Err(Unreadable::Kind) => {}
+                Err(Unreadable::Malformed) => {
+                    // Written by other software and unreadable: retrying cannot help, and it
+                    // would hold back the workspace's later events. Dropped and counted.
                     let (ws, seq): (String, i64) = (row.get(0), row.get(1));
                     tracing::warn!(workspace = %ws, seq, "dropping an alert event this version cannot read");
                     metrics::counter!("tower_budget_alert_events_dropped_total").increment(1);
-                    self.execute(sql::DROP_ALERT, vec![Box::new(ws), Box::new(seq)])
-                        .await?;
+                    if let Err(e) = self
+                        .execute(sql::DROP_ALERT, vec![Box::new(ws), Box::new(seq)])
+                        .await
+                    {
+                        tracing::debug!(error = %e, "could not drop an unreadable alert event");
+                    }
                 }
             }
         }

@@ -190,7 +190,7 @@ pub(super) const CLAIM_ALERTS: &str = "WITH heads AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
 UPDATE budget_alert_outbox o
-SET attempts = LEAST(o.attempts, 2147483646) + 1,
+SET attempts = LEAST(GREATEST(o.attempts, 0), 2147483646) + 1,
     leased_until = COALESCE($3::TIMESTAMPTZ, now()) + make_interval(secs => $2::FLOAT8)
 FROM heads WHERE o.workspace_id = heads.workspace_id AND o.seq = heads.seq
 RETURNING o.workspace_id, o.seq, o.id, o.kind, o.period, o.threshold, o.limit_cents,
