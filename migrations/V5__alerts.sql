@@ -221,25 +221,26 @@ BEGIN
         v_watch := w.alert_exceeded IS NOT NULL;
         IF v_watch
            OR (jsonb_typeof(w.budget_limits) = 'object' AND w.budget_limits <> '{}'::JSONB) THEN
-            v_limits := '{}';
-            FOR i IN 1 .. cardinality(p_periods) LOOP
-                v_limits[i] := tower_budget_limit(w.budget_limits, p_periods[i]);
-                IF v_limits[i] IS NOT NULL
-                   AND (v_long IS NULL OR p_windows[i] > p_windows[v_long]) THEN
-                    v_long := i;
-                END IF;
-            END LOOP;
+            -- One query: the limits, the longest limited window, its spend after this entry,
+            -- and the lowest threshold (100 stands for the exceeded mark, kept even when the
+            -- list is empty).
+            SELECT x.lims, x.longest,
+                   v_total - COALESCE(
+                       (SELECT e.total_cents - e.delta_cents FROM workspace_spend_events e
+                         WHERE e.workspace_id = p_workspace_id
+                           AND e.occurred_at > v_at - make_interval(secs => p_windows[x.longest])
+                         ORDER BY e.occurred_at, e.total_cents LIMIT 1),
+                       v_total),
+                   CASE WHEN w.alert_thresholds IS NULL THEN 80 ELSE LEAST(100, COALESCE(
+                       (SELECT min(t) FROM unnest(w.alert_thresholds) t WHERE t BETWEEN 1 AND 1000),
+                       100)) END
+              INTO v_limits, v_long, v_upper, v_tmin
+              FROM (SELECT array_agg(l.lim ORDER BY l.o) AS lims,
+                           (array_agg(l.o ORDER BY p_windows[l.o] DESC)
+                              FILTER (WHERE l.lim IS NOT NULL))[1] AS longest
+                      FROM (SELECT o, tower_budget_limit(w.budget_limits, p_periods[o]) AS lim
+                              FROM generate_subscripts(p_periods, 1) o) l) x;
             IF NOT v_watch AND v_long IS NOT NULL THEN
-                v_upper := v_total - COALESCE(
-                    (SELECT e.total_cents - e.delta_cents FROM workspace_spend_events e
-                      WHERE e.workspace_id = p_workspace_id
-                        AND e.occurred_at > v_at - make_interval(secs => p_windows[v_long])
-                      ORDER BY e.occurred_at, e.total_cents LIMIT 1),
-                    v_total);
-                -- The lowest threshold (100 stands for the exceeded mark, kept even when quiet).
-                v_tmin := CASE WHEN w.alert_thresholds IS NULL THEN 80 ELSE LEAST(100, COALESCE(
-                    (SELECT min(x) FROM unnest(w.alert_thresholds) x WHERE x BETWEEN 1 AND 1000),
-                    100)) END;
                 FOR i IN 1 .. cardinality(p_periods) LOOP
                     IF v_limits[i] IS NOT NULL
                        AND v_upper::NUMERIC * 100 >= v_tmin::NUMERIC * v_limits[i] THEN
