@@ -10,7 +10,28 @@ ALTER TABLE workspaces
     -- Percentages of each limit; NULL = the default {80,100}.
     ADD COLUMN IF NOT EXISTS alert_thresholds SMALLINT[],
     -- Periods exceeded when alerts were last decided (for budget.recovered); NULL = none.
-    ADD COLUMN IF NOT EXISTS alert_exceeded   TEXT[];
+    ADD COLUMN IF NOT EXISTS alert_exceeded   TEXT[],
+    -- While the running total is below this, no threshold can be reached (see the heartbeat);
+    -- NULL = unknown. Reset whenever limits or thresholds change, by whatever software.
+    ADD COLUMN IF NOT EXISTS alert_below      BIGINT;
+
+-- Limits or thresholds written (by the crate or by other software): the bound no longer holds.
+-- Fires only for UPDATEs that name those columns, so heartbeats do not pay for it.
+CREATE OR REPLACE FUNCTION tower_budget_reset_alert_below()
+RETURNS TRIGGER
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.budget_limits IS DISTINCT FROM OLD.budget_limits
+       OR NEW.alert_thresholds IS DISTINCT FROM OLD.alert_thresholds THEN
+        NEW.alert_below := NULL;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS tower_budget_reset_alert_below ON workspaces;
+CREATE TRIGGER tower_budget_reset_alert_below
+    BEFORE UPDATE OF budget_limits, alert_thresholds ON workspaces
+    FOR EACH ROW EXECUTE FUNCTION tower_budget_reset_alert_below();
 
 -- The recovery sweep visits only workspaces with an exceeded period.
 CREATE INDEX IF NOT EXISTS workspaces_alert_exceeded
@@ -165,12 +186,13 @@ DECLARE
     v_long   INTEGER;
     v_upper  BIGINT;
     v_tmin   INTEGER;
+    v_below  BIGINT;
     i        INTEGER;
     c_max    CONSTANT BIGINT := 9223372036854775807;
 BEGIN
     SELECT GREATEST(COALESCE(ws.monthly_spend, 0), 0) AS previous,
            ws.spend_seq, ws.spend_total_cents, ws.spend_last_at, ws.budget_limits,
-           ws.alert_thresholds, ws.alert_exceeded
+           ws.alert_thresholds, ws.alert_exceeded, ws.alert_below
       INTO w
       FROM workspaces ws
      WHERE ws.id = p_workspace_id
@@ -217,10 +239,17 @@ BEGIN
         -- and without a remembered exceeded period skip them. The windows are nested (all end
         -- at v_at), so the spend of the longest limited window bounds every shorter one: while
         -- it is under the lowest threshold of every limit and nothing is remembered as
-        -- exceeded, nothing can fire, and that one index probe is all it costs.
+        -- exceeded, nothing can fire. And since the total before that window's first entry
+        -- only grows with time, that stays true while the running total is below
+        -- `alert_below` = (that total) + ceil(min over limits of threshold x limit / 100): the
+        -- usual heartbeat compares two numbers, and one index probe renews the bound.
         v_watch := w.alert_exceeded IS NOT NULL;
-        IF v_watch
+        v_below := CASE WHEN v_base > 0 THEN NULL ELSE w.alert_below END;  -- totals shifted
+        IF NOT v_watch AND v_below IS NOT NULL AND v_total < v_below THEN
+            NULL;  -- nothing can fire
+        ELSIF v_watch
            OR (jsonb_typeof(w.budget_limits) = 'object' AND w.budget_limits <> '{}'::JSONB) THEN
+            v_below := NULL;
             -- One query: the limits, the longest limited window, its spend after this entry,
             -- and the lowest threshold (100 stands for the exceeded mark, kept even when the
             -- list is empty).
@@ -248,6 +277,11 @@ BEGIN
                         EXIT;
                     END IF;
                 END LOOP;
+                IF NOT v_watch THEN
+                    v_below := LEAST(9223372036854775807::NUMERIC,
+                        (v_total - v_upper)::NUMERIC + ceil((SELECT min(v_tmin::NUMERIC * l)
+                            FROM unnest(v_limits) l WHERE l IS NOT NULL) / 100))::BIGINT;
+                END IF;
             END IF;
         END IF;
         IF v_watch THEN
@@ -277,7 +311,8 @@ BEGIN
            SET monthly_spend     = CASE WHEN p_reported > 0 THEN p_reported ELSE monthly_spend END,
                spend_seq         = COALESCE(p_seq, spend_seq),
                spend_total_cents = v_total,
-               spend_last_at     = COALESCE(v_at, spend_last_at)
+               spend_last_at     = COALESCE(v_at, spend_last_at),
+               alert_below       = CASE WHEN v_delta > 0 THEN v_below ELSE alert_below END
          WHERE id = p_workspace_id;
     END IF;
 

@@ -697,3 +697,58 @@ async fn a_patch_decides_alerts_with_the_spend_recorded_before_it_took_the_lock(
         .get(0);
     assert_eq!(last, start + chrono::Duration::seconds(5));
 }
+
+/// The heartbeat skips the alert decision while the running total is below a stored bound; a
+/// limit written straight into the table by other software resets that bound, so the next
+/// heartbeat still decides its crossings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_written_by_other_software_still_fire_alerts() {
+    use tower_budget::store::AlertOutbox;
+    let (store, client) = store_and_client().await;
+    let w = ws("direct");
+    store.register(&w).await.unwrap();
+    store
+        .patch_limits(
+            &w,
+            &LimitsPatch::new()
+                .with(Period::DAILY, Some(1_000_000))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(100), None))
+        .await
+        .unwrap();
+    let bound: Option<i64> = client
+        .query_one(
+            "SELECT alert_below FROM workspaces WHERE id = 'direct'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bound,
+        Some(800_000),
+        "80 % of the limit above an empty window"
+    );
+    client
+        .execute(
+            r#"UPDATE workspaces SET budget_limits = '{"daily": 200}' WHERE id = 'direct'"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    store
+        .record_heartbeat(&Heartbeat::new(w.clone(), Some(170), None))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_alerts(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the 80 % crossing (170 of 200)");
+    assert_eq!(claimed[0].event.threshold, 80);
+    assert_eq!(claimed[0].event.spend, 170);
+}
