@@ -118,6 +118,11 @@ impl Period {
         (at + window - now).to_std().ok()
     }
 
+    /// A wait as `retry_after_seconds` reports it: whole seconds, rounded up, at least 1.
+    pub fn whole_seconds_up(wait: Duration) -> u64 {
+        (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    }
+
     /// The longest window of the table.
     pub fn longest_window() -> Duration {
         Period::all().map(Period::window).max().unwrap_or_default()

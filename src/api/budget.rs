@@ -6,7 +6,9 @@ use serde_json::{json, Map, Value};
 
 use super::{require_acting_for, require_admin, workspace_in_path, ApiError, Principal};
 use crate::alerts::AlertThresholds;
-use crate::period::{LimitsPatch, Period};
+use std::time::Duration;
+
+use crate::period::{Limits, LimitsPatch, PerPeriod, Period};
 use crate::response::json;
 use crate::store::{BudgetPatch, BudgetReport, BudgetStore};
 use crate::WorkspaceId;
@@ -17,9 +19,10 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1_000;
 
 /// The `GET /workspaces/{id}/budget` body for `report`: every period in table order with its
-/// limit, spend, remaining, window and `exhausted_in_seconds`, the legacy monthly fields, and
-/// the alert thresholds.
-pub(crate) fn budget_json(report: &BudgetReport) -> Value {
+/// limit, spend, remaining, window and `exhausted_in_seconds`, for an exceeded period its
+/// `retry_after_seconds` (from `waits`, as in the 402 body), the legacy monthly fields, and the
+/// alert thresholds.
+pub(crate) fn budget_json(report: &BudgetReport, waits: &PerPeriod<Option<Duration>>) -> Value {
     let status = &report.status;
     let periods: Map<String, Value> = status
         .periods()
@@ -33,6 +36,12 @@ pub(crate) fn budget_json(report: &BudgetReport) -> Value {
                 "exhausted_in_seconds".into(),
                 json!(report.exhausted_in_seconds[line.period]),
             );
+            if status.exceeded_periods().contains(&line.period) {
+                detail.insert(
+                    "retry_after_seconds".into(),
+                    json!(waits[line.period].map(Period::whole_seconds_up)),
+                );
+            }
             (line.period.name().to_owned(), Value::Object(detail))
         })
         .collect();
@@ -46,6 +55,23 @@ pub(crate) fn budget_json(report: &BudgetReport) -> Value {
     })
 }
 
+/// For the exceeded periods with a limit above 0, how long until enough spend ages out (one
+/// more query, only when something is exceeded).
+async fn waits(
+    store: &dyn BudgetStore,
+    workspace: &WorkspaceId,
+    report: &BudgetReport,
+) -> Result<PerPeriod<Option<Duration>>, ApiError> {
+    let exceeded = report.status.exceeded_periods();
+    if exceeded.is_empty() {
+        return Ok(PerPeriod::default());
+    }
+    let over = exceeded.iter().fold(Limits::none(), |l, &p| {
+        l.with(p, report.status.limits.get(p))
+    });
+    Ok(store.retry_after(workspace, &over).await?)
+}
+
 pub(super) async fn get(
     store: &dyn BudgetStore,
     principal: &Principal,
@@ -53,7 +79,8 @@ pub(super) async fn get(
 ) -> Result<Response<Bytes>, ApiError> {
     require_acting_for(principal, &workspace)?;
     let report = store.report(&workspace).await?;
-    Ok(json(StatusCode::OK, &budget_json(&report)))
+    let waits = waits(store, &workspace, &report).await?;
+    Ok(json(StatusCode::OK, &budget_json(&report, &waits)))
 }
 
 /// The PATCH body: `budget_limits` (merge patch over periods) or the legacy `budget_limit`
@@ -104,7 +131,9 @@ pub(super) async fn patch(
     require_admin(principal)?;
     // The report comes from the same atomic step: a failure means nothing was changed.
     let report = store.patch_budget(&workspace, &patch).await?;
-    Ok(json(StatusCode::OK, &budget_json(&report)))
+    // Asked after the change: a failure here says nothing about it, so it reads as no wait.
+    let waits = waits(store, &workspace, &report).await.unwrap_or_default();
+    Ok(json(StatusCode::OK, &budget_json(&report, &waits)))
 }
 
 pub(super) async fn remove(
@@ -180,7 +209,7 @@ mod tests {
             exhausted_in_seconds: PerPeriod::from_fn(|p| (p == Period::HOURLY).then_some(5_400)),
         };
         assert_eq!(
-            budget_json(&report),
+            budget_json(&report, &PerPeriod::default()),
             json!({"periods": {
                 "hourly": {"limit": 100, "spend": 40, "remaining": 60, "window_seconds": 3600,
                            "exhausted_in_seconds": 5400},
@@ -193,7 +222,7 @@ mod tests {
              "budget_limit": 2000, "monthly_spend": 40, "budget_remaining": 1960,
              "alert_thresholds": [80, 100]})
         );
-        let keys: Vec<_> = budget_json(&report)["periods"]
+        let keys: Vec<_> = budget_json(&report, &PerPeriod::default())["periods"]
             .as_object()
             .unwrap()
             .keys()

@@ -33,6 +33,7 @@
 mod auth;
 mod budget;
 mod heartbeat;
+mod history;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -205,6 +206,7 @@ impl From<StoreError> for ApiError {
 
 enum Route<'a> {
     Budget(&'a str),
+    Spend(&'a str),
     Workspace(&'a str),
     Workspaces,
     Heartbeat,
@@ -215,6 +217,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let (route, allow) = match segments.as_slice() {
         ["workspaces", id, "budget"] => (Route::Budget(id), "GET, PATCH"),
+        ["workspaces", id, "spend"] => (Route::Spend(id), "GET"),
         ["workspaces", id] => (Route::Workspace(id), "DELETE"),
         ["workspaces"] => (Route::Workspaces, "GET"),
         ["registry", "heartbeat"] => (Route::Heartbeat, "POST"),
@@ -224,7 +227,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     let allowed = match &route {
         Route::Budget(_) => method == Method::GET || method == Method::PATCH,
         Route::Workspace(_) => method == Method::DELETE,
-        Route::Workspaces => method == Method::GET,
+        Route::Workspaces | Route::Spend(_) => method == Method::GET,
         Route::Heartbeat | Route::Register => method == Method::POST,
     };
     if allowed {
@@ -257,6 +260,11 @@ impl Inner {
                 let id = workspace_in_path(id)?;
                 let body = read_json(body).await?;
                 budget::patch(store, &principal, id, &body).await
+            }
+            Route::Spend(id) => {
+                let id = workspace_in_path(id)?;
+                self.bounded(history::get(store, &principal, id, parts.uri.query()))
+                    .await?
             }
             Route::Workspace(id) => {
                 let id = workspace_in_path(id)?;

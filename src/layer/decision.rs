@@ -144,7 +144,9 @@ impl Blocked {
         let exceeded = status.exceeded_periods();
         let retry_after_seconds = PerPeriod::from_fn(|p| {
             let wait = waits.as_ref()?[p]?;
-            exceeded.contains(&p).then(|| whole_seconds_up(wait))
+            exceeded
+                .contains(&p)
+                .then(|| Period::whole_seconds_up(wait))
         });
         Blocked {
             workspace,
@@ -187,10 +189,6 @@ impl Blocked {
             "periods": periods,
         })
     }
-}
-
-fn whole_seconds_up(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// The 402 response for `blocked`.

@@ -349,6 +349,25 @@ impl BudgetStore for MemoryStore {
         })
     }
 
+    async fn spend_history(
+        &self,
+        workspace: &WorkspaceId,
+        step: Duration,
+        from: DateTime<Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let step = i64::try_from(step.as_micros()).unwrap_or(i64::MAX);
+        let from = micros(from);
+        self.with_live(workspace, |ws| {
+            let edge = |i: usize| {
+                from.saturating_add(step.saturating_mul(i64::try_from(i).unwrap_or(i64::MAX)))
+            };
+            Ok((0..buckets)
+                .map(|i| ws.ledger.total_before(edge(i + 1)) - ws.ledger.total_before(edge(i)))
+                .collect())
+        })
+    }
+
     async fn list_workspaces(
         &self,
         after: Option<&WorkspaceId>,
@@ -593,6 +612,14 @@ impl Ledger {
     /// Running total over entries at or before `t`.
     fn total_at(&self, t: i64) -> i64 {
         match self.entries.partition_point(|e| e.at <= t) {
+            0 => self.base_total,
+            n => self.entries[n - 1].total,
+        }
+    }
+
+    /// Running total over entries strictly before `t`.
+    fn total_before(&self, t: i64) -> i64 {
+        match self.entries.partition_point(|e| e.at < t) {
             0 => self.base_total,
             n => self.entries[n - 1].total,
         }

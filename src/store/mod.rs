@@ -279,6 +279,18 @@ pub trait BudgetStore: Send + Sync + 'static {
     async fn record_heartbeat(&self, heartbeat: &Heartbeat)
         -> Result<HeartbeatOutcome, StoreError>;
 
+    /// Spend per bucket: `buckets` consecutive buckets of `step`, the first starting at `from`,
+    /// each `[start, start + step)`, exact from the ledger's running totals. Costs one index
+    /// probe per bucket edge, whatever the ledger's size. Spend older than
+    /// [`Period::retention`] may have been pruned (it then reads as 0).
+    async fn spend_history(
+        &self,
+        workspace: &WorkspaceId,
+        step: Duration,
+        from: chrono::DateTime<chrono::Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError>;
+
     /// Registered (not removed) workspaces in id order, after `after`, at most `limit`.
     async fn list_workspaces(
         &self,
@@ -337,6 +349,15 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
         heartbeat: &Heartbeat,
     ) -> Result<HeartbeatOutcome, StoreError> {
         (**self).record_heartbeat(heartbeat).await
+    }
+    async fn spend_history(
+        &self,
+        workspace: &WorkspaceId,
+        step: Duration,
+        from: chrono::DateTime<chrono::Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        (**self).spend_history(workspace, step, from, buckets).await
     }
     async fn list_workspaces(
         &self,

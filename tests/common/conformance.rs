@@ -41,6 +41,7 @@ macro_rules! conformance_tests {
             limit_changes_cross_and_recover,
             aged_out_spend_recovers_in_the_sweep,
             outbox_order_lease_retry_and_expiry,
+            history_against_brute_force_on_random_ledgers,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -1217,4 +1218,70 @@ pub async fn outbox_order_lease_retry_and_expiry<S: BudgetStore + AlertOutbox>(
     clock.advance(secs(3_601));
     assert_eq!(store.expire_alerts(secs(24 * 3_600)).await.unwrap(), 2);
     assert!(drain(&store).await.is_empty());
+}
+
+/// Spend per bucket equals the sum of the ledger's entries whose time lies in the bucket
+/// (`[start, start + step)`), on random ledgers with entries on bucket edges.
+pub async fn history_against_brute_force_on_random_ledgers<S: BudgetStore>(
+    store: S,
+    clock: ManualClock,
+) {
+    let seed = crate::common::seed("history_against_brute_force_on_random_ledgers");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let us = chrono::Duration::microseconds;
+    for case in 0..20 {
+        let w = ws(&format!("ws-{case}"));
+        store.register(&w).await.unwrap();
+        let step_secs = [3_600, 86_400, 900][case % 3];
+        let step = chrono::Duration::seconds(step_secs);
+        let now = t0() + us(rng.i64(0..86_400_000_000));
+        let from = now - step * rng.i32(1..40);
+        let from = from - us(from.timestamp_micros() % (step_secs * 1_000_000));
+        let mut times: Vec<DateTime<Utc>> = (0..rng.usize(0..40))
+            .map(|_| now - us(rng.i64(0..45 * step_secs * 1_000_000)))
+            .collect();
+        // Entries exactly on edges, and a microsecond either side.
+        for k in 0..4 {
+            let edge = from + step * rng.i32(0..40);
+            times.extend(
+                [edge, edge - us(1), edge + us(1)]
+                    .into_iter()
+                    .filter(|_| k % 2 == 0 || rng.bool()),
+            );
+        }
+        times.retain(|t| *t <= now);
+        times.sort();
+        let mut ledger = Vec::new();
+        let mut cumulative = 0;
+        for at in times {
+            let delta = rng.i64(1..1_000);
+            cumulative += delta;
+            clock.set(at);
+            assert_eq!(report(&store, &w, cumulative, None).await, recorded(delta));
+            ledger.push((at, delta));
+        }
+        clock.set(now);
+        let buckets = rng.usize(1..60);
+        let got = store
+            .spend_history(&w, step.to_std().unwrap(), from, buckets)
+            .await
+            .unwrap();
+        let want: Vec<i64> = (0..buckets)
+            .map(|i| {
+                let start = from + step * i as i32;
+                ledger
+                    .iter()
+                    .filter(|(at, _)| *at >= start && *at < start + step)
+                    .map(|(_, d)| d)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(got, want, "seed {seed}, case {case}");
+    }
+    assert!(matches!(
+        store
+            .spend_history(&ws("nobody"), Duration::from_secs(3_600), t0(), 3)
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }

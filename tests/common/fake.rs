@@ -115,6 +115,16 @@ impl BudgetStore for FaultyStore {
     async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatOutcome, StoreError> {
         self.inner.record_heartbeat(hb).await
     }
+    async fn spend_history(
+        &self,
+        w: &WorkspaceId,
+        step: Duration,
+        from: chrono::DateTime<chrono::Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.fault().await?;
+        self.inner.spend_history(w, step, from, buckets).await
+    }
     async fn list_workspaces(
         &self,
         after: Option<&WorkspaceId>,

@@ -658,6 +658,18 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         .await
     }
 
+    async fn spend_history(
+        &self,
+        workspace: &WorkspaceId,
+        step: Duration,
+        from: chrono::DateTime<chrono::Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.inner
+            .spend_history(workspace, step, from, buckets)
+            .await
+    }
+
     async fn list_workspaces(
         &self,
         after: Option<&WorkspaceId>,

@@ -529,6 +529,36 @@ impl BudgetStore for PgStore {
         self.heartbeats.record(hb, self.now()).await
     }
 
+    async fn spend_history(
+        &self,
+        workspace: &WorkspaceId,
+        step: Duration,
+        from: DateTime<Utc>,
+        buckets: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ws = workspace.to_string();
+        let n = i32::try_from(buckets).map_err(|_| {
+            StoreError::Refused(format!("{buckets} buckets are too many for one query"))
+        })?;
+        let step = seconds(step);
+        let rows = self
+            .run(move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(&sql::HISTORY).await.map_err(db)?;
+                    client
+                        .query(&stmt, &[&ws, &from, &step, &n])
+                        .await
+                        .map_err(db)
+                })
+            })
+            .await?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound);
+        }
+        let totals: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(totals.windows(2).map(|w| w[1] - w[0]).collect())
+    }
+
     async fn list_workspaces(
         &self,
         after: Option<&WorkspaceId>,

@@ -296,6 +296,27 @@ pub(super) static LIST: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `$1` workspace id, `$2` the first bucket's start, `$3` the step in seconds, `$4` how many
+/// buckets → one row per bucket edge (`buckets + 1`), each the running total before it: one
+/// index probe per edge, plus one for the total before the oldest kept entry. No row when the
+/// workspace is unknown or removed.
+pub(super) static HISTORY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT COALESCE(
+           (SELECT e.total_cents FROM workspace_spend_events e
+             WHERE e.workspace_id = $1 AND e.occurred_at < g.edge
+             ORDER BY e.occurred_at DESC, e.total_cents DESC LIMIT 1),
+           (SELECT e.total_cents - e.delta_cents FROM workspace_spend_events e
+             WHERE e.workspace_id = $1 ORDER BY e.total_cents LIMIT 1),
+           0)
+    FROM workspaces w,
+         generate_series(0, $4::INTEGER) i,
+         LATERAL (SELECT $2::TIMESTAMPTZ + make_interval(secs => $3::FLOAT8 * i) AS edge) g
+    WHERE w.id = $1 AND {LIVE}
+    ORDER BY i"
+    )
+});
+
 /// Every workspace id (removed ones too: their old ledger entries are pruned as well).
 pub(super) const PRUNE_WORKSPACES: &str =
     "SELECT id FROM workspaces WHERE ($1::TEXT IS NULL OR id > $1) ORDER BY id LIMIT $2";
