@@ -348,6 +348,18 @@ async fn raising_the_limit_of_an_exceeded_period_is_a_recovery() {
         budget["periods"]["daily"]["exhausted_in_seconds"],
         Value::Null
     );
+    // SPEC §13: the GET's exceeded period says when it unblocks, as the 402 body does.
+    let unblocks = budget["periods"]["hourly"]["retry_after_seconds"]
+        .as_u64()
+        .unwrap();
+    assert!((3_500..=3_600).contains(&unblocks), "{unblocks}");
+    let in_402 = blocked.json["periods"]["hourly"]["retry_after_seconds"]
+        .as_u64()
+        .unwrap();
+    assert!(in_402.abs_diff(unblocks) <= 5, "{in_402} vs {unblocks}");
+    assert!(budget["periods"]["daily"]
+        .get("retry_after_seconds")
+        .is_none());
     receiver
         .until(DELIVERY, "80 and 100", |got| got.len() >= 2)
         .await;

@@ -61,6 +61,12 @@ pub fn status_sql() -> &'static str {
     &sql::STATUS
 }
 
+/// The statement [`BudgetStore::spend_history`] runs (`$1` workspace id, `$2` the first
+/// bucket's start, `$3` the step in seconds, `$4` the number of buckets), for `EXPLAIN`.
+pub fn history_sql() -> &'static str {
+    &sql::HISTORY
+}
+
 /// How ledger entries are pruned: this many per statement, so no statement holds locks long.
 const PRUNE_BATCH: i64 = 5_000;
 
