@@ -467,23 +467,7 @@ impl BudgetStore for PgStore {
                     .map_err(db)?
                     .map(|r| report_of(&r))
                     .ok_or(StoreError::NotFound)?;
-                let new = report.status.limits;
-                let spend: Vec<i64> = Period::all().map(|p| report.status.spend[p]).collect();
-                let step = tx.prepare_cached(sql::ALERT_STEP).await.map_err(db)?;
-                tx.execute(
-                    &step,
-                    &[
-                        &ws,
-                        &now,
-                        &*sql::PERIOD_NAMES,
-                        &limit_array(&old),
-                        &limit_array(&new),
-                        &spend,
-                        &spend,
-                    ],
-                )
-                .await
-                .map_err(db)?;
+                decide_alerts(&tx, &ws, now, &old, &report.status).await?;
                 tx.commit().await.map_err(db)?;
                 Ok(report)
             })
@@ -668,6 +652,36 @@ fn pending_alert(r: &Row) -> Result<PendingAlert, Unreadable> {
     })
 }
 
+/// Decides the alert events of a change from the limits `old` to `after` (its spend read at
+/// `now`, which a limit change does not move), in `tx`, which holds the workspace's row lock;
+/// how many events were decided.
+async fn decide_alerts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ws: &String,
+    now: Option<DateTime<Utc>>,
+    old: &Limits,
+    after: &BudgetStatus,
+) -> Result<u64, StoreError> {
+    let spend: Vec<i64> = Period::all().map(|p| after.spend[p]).collect();
+    let step = tx.prepare_cached(sql::ALERT_STEP).await.map_err(db)?;
+    let row = tx
+        .query_one(
+            &step,
+            &[
+                ws,
+                &now,
+                &*sql::PERIOD_NAMES,
+                &limit_array(old),
+                &limit_array(&after.limits),
+                &spend,
+                &spend,
+            ],
+        )
+        .await
+        .map_err(db)?;
+    Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+}
+
 /// Limits as a SQL array in period-table order (NULL for no limit).
 fn limit_array(limits: &Limits) -> Vec<Option<i64>> {
     Period::all().map(|p| limits.get(p)).collect()
@@ -802,26 +816,10 @@ impl AlertOutbox for PgStore {
                                 return Ok(0);
                             };
                             let status = status_of(&status);
-                            let limits = limit_array(&status.limits);
-                            let spend: Vec<i64> = Period::all().map(|p| status.spend[p]).collect();
-                            let step = tx.prepare_cached(sql::ALERT_STEP).await.map_err(db)?;
-                            let row = tx
-                                .query_one(
-                                    &step,
-                                    &[
-                                        &ws,
-                                        &now,
-                                        &*sql::PERIOD_NAMES,
-                                        &limits,
-                                        &limits,
-                                        &spend,
-                                        &spend,
-                                    ],
-                                )
-                                .await
-                                .map_err(db)?;
+                            let decided =
+                                decide_alerts(&tx, &ws, now, &status.limits, &status).await?;
                             tx.commit().await.map_err(db)?;
-                            Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+                            Ok(decided)
                         })
                     })
                     .await;
