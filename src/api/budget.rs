@@ -6,9 +6,8 @@ use serde_json::{json, Map, Value};
 
 use super::{require_acting_for, require_admin, workspace_in_path, ApiError, Principal};
 use crate::alerts::AlertThresholds;
-use std::time::Duration;
 
-use crate::period::{Limits, LimitsPatch, PerPeriod, Period};
+use crate::period::{LimitsPatch, Period};
 use crate::response::json;
 use crate::store::{BudgetPatch, BudgetReport, BudgetStore};
 use crate::WorkspaceId;
@@ -20,9 +19,9 @@ const MAX_PAGE: usize = 1_000;
 
 /// The `GET /workspaces/{id}/budget` body for `report`: every period in table order with its
 /// limit, spend, remaining, window and `exhausted_in_seconds`, for an exceeded period its
-/// `retry_after_seconds` (from `waits`, as in the 402 body), the legacy monthly fields, and the
-/// alert thresholds.
-pub(crate) fn budget_json(report: &BudgetReport, waits: &PerPeriod<Option<Duration>>) -> Value {
+/// `retry_after_seconds` (as in the 402 body), the legacy monthly fields, and the alert
+/// thresholds.
+pub(crate) fn budget_json(report: &BudgetReport) -> Value {
     let status = &report.status;
     let periods: Map<String, Value> = status
         .periods()
@@ -39,7 +38,7 @@ pub(crate) fn budget_json(report: &BudgetReport, waits: &PerPeriod<Option<Durati
             if status.exceeded_periods().contains(&line.period) {
                 detail.insert(
                     "retry_after_seconds".into(),
-                    json!(waits[line.period].map(Period::whole_seconds_up)),
+                    json!(report.retry_after[line.period].map(Period::whole_seconds_up)),
                 );
             }
             (line.period.name().to_owned(), Value::Object(detail))
@@ -55,23 +54,6 @@ pub(crate) fn budget_json(report: &BudgetReport, waits: &PerPeriod<Option<Durati
     })
 }
 
-/// For the exceeded periods with a limit above 0, how long until enough spend ages out (one
-/// more query, only when something is exceeded).
-async fn waits(
-    store: &dyn BudgetStore,
-    workspace: &WorkspaceId,
-    report: &BudgetReport,
-) -> Result<PerPeriod<Option<Duration>>, ApiError> {
-    let exceeded = report.status.exceeded_periods();
-    if exceeded.is_empty() {
-        return Ok(PerPeriod::default());
-    }
-    let over = exceeded.iter().fold(Limits::none(), |l, &p| {
-        l.with(p, report.status.limits.get(p))
-    });
-    Ok(store.retry_after(workspace, &over).await?)
-}
-
 pub(super) async fn get(
     store: &dyn BudgetStore,
     principal: &Principal,
@@ -79,8 +61,7 @@ pub(super) async fn get(
 ) -> Result<Response<Bytes>, ApiError> {
     require_acting_for(principal, &workspace)?;
     let report = store.report(&workspace).await?;
-    let waits = waits(store, &workspace, &report).await?;
-    Ok(json(StatusCode::OK, &budget_json(&report, &waits)))
+    Ok(json(StatusCode::OK, &budget_json(&report)))
 }
 
 /// The PATCH body: `budget_limits` (merge patch over periods) or the legacy `budget_limit`
@@ -131,9 +112,7 @@ pub(super) async fn patch(
     require_admin(principal)?;
     // The report comes from the same atomic step: a failure means nothing was changed.
     let report = store.patch_budget(&workspace, &patch).await?;
-    // Asked after the change: a failure here says nothing about it, so it reads as no wait.
-    let waits = waits(store, &workspace, &report).await.unwrap_or_default();
-    Ok(json(StatusCode::OK, &budget_json(&report, &waits)))
+    Ok(json(StatusCode::OK, &budget_json(&report)))
 }
 
 pub(super) async fn remove(
@@ -156,6 +135,7 @@ pub(super) async fn list(
 ) -> Result<Response<Bytes>, ApiError> {
     let mut after = None;
     let mut limit = DEFAULT_PAGE;
+    let mut with_status = false;
     for pair in query
         .unwrap_or_default()
         .split('&')
@@ -172,19 +152,46 @@ pub(super) async fn list(
                     .ok_or_else(|| ApiError::bad("limit must be a positive integer"))?
                     .min(MAX_PAGE);
             }
+            "include" => match value {
+                "status" => with_status = true,
+                "" => {}
+                _ => return Err(ApiError::bad("include must be status")),
+            },
             _ => {}
         }
     }
     require_admin(principal)?;
     // One more than asked tells whether another page follows.
-    let mut ids = store.list_workspaces(after.as_ref(), limit + 1).await?;
-    let more = ids.len() > limit;
-    ids.truncate(limit);
-    let mut body = json!({
-        "workspaces": ids.iter().map(|id| json!({ "workspace_id": id })).collect::<Vec<_>>(),
-    });
+    let (more, workspaces, last) = if with_status {
+        let mut page = store.list_reports(after.as_ref(), limit + 1).await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let last = page.last().map(|(id, _)| id.clone());
+        let listed = page
+            .iter()
+            .map(|(id, report)| {
+                let mut entry = budget_json(report);
+                entry["workspace_id"] = json!(id);
+                entry["exceeded_periods"] = json!(report
+                    .status
+                    .exceeded_periods()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>());
+                entry
+            })
+            .collect::<Vec<_>>();
+        (more, listed, last)
+    } else {
+        let mut ids = store.list_workspaces(after.as_ref(), limit + 1).await?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let listed = ids.iter().map(|id| json!({ "workspace_id": id })).collect();
+        (more, listed, ids.pop())
+    };
+    let mut body = json!({ "workspaces": workspaces });
     if more {
-        body["next_after"] = json!(ids.last());
+        body["next_after"] = json!(last);
     }
     Ok(json(StatusCode::OK, &body))
 }
@@ -207,9 +214,10 @@ mod tests {
             status,
             alert_thresholds: AlertThresholds::default(),
             exhausted_in_seconds: PerPeriod::from_fn(|p| (p == Period::HOURLY).then_some(5_400)),
+            retry_after: PerPeriod::default(),
         };
         assert_eq!(
-            budget_json(&report, &PerPeriod::default()),
+            budget_json(&report),
             json!({"periods": {
                 "hourly": {"limit": 100, "spend": 40, "remaining": 60, "window_seconds": 3600,
                            "exhausted_in_seconds": 5400},
@@ -222,7 +230,7 @@ mod tests {
              "budget_limit": 2000, "monthly_spend": 40, "budget_remaining": 1960,
              "alert_thresholds": [80, 100]})
         );
-        let keys: Vec<_> = budget_json(&report, &PerPeriod::default())["periods"]
+        let keys: Vec<_> = budget_json(&report)["periods"]
             .as_object()
             .unwrap()
             .keys()

@@ -8,7 +8,8 @@
 //! | `PATCH /workspaces/{id}/budget` | admin | `{"budget_limits": {…}}` (merge patch) or legacy `{"budget_limit": n}` |
 //! | `POST /registry/heartbeat` | admin, the workspace | `{"workspace_id", "monthly_spend", "seq"}` → recorded delta |
 //! | `POST /registry/register` | admin | `{"workspace_id", "url"}` → a new workspace token (shown once) |
-//! | `GET /workspaces?after=&limit=` | admin | registered workspace ids, in order, paged |
+//! | `GET /workspaces/{id}/spend?step=&since=&until=` | admin, the workspace | spend per UTC hour or day |
+//! | `GET /workspaces?after=&limit=&include=status` | admin | registered workspace ids, in order, paged; with `include=status` each with its budget GET body and `exceeded_periods` |
 //! | `DELETE /workspaces/{id}` | admin | marks the workspace removed |
 //!
 //! Every body is JSON; errors are `{"error": "…"}`. Checks run in this order: no bearer token →

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::alerts::{self, AlertEvent, AlertThresholds, Decided, ForecastInput, Side};
 use crate::clock::{Clock, SystemClock};
-use crate::period::{Limits, PerPeriod, Period, Spend};
+use crate::period::{is_exceeded, Limits, PerPeriod, Period, Spend};
 use crate::WorkspaceId;
 
 /// Default bound on ledger entries kept per workspace (about one report every 30 s for 35 days).
@@ -97,9 +97,30 @@ impl Workspace {
                     .map(|(at, cents)| (at + window - now, cents));
                 alerts::forecast(input, entries)
             }),
+            retry_after: PerPeriod::from_fn(|p| {
+                let limit = status.limits.get(p)?;
+                is_exceeded(Some(limit), status.spend[p])
+                    .then(|| self.release_in(p, limit, now))
+                    .flatten()
+            }),
             alert_thresholds: self.thresholds(),
             status,
         }
+    }
+
+    /// How long until the spend in `p`'s window falls below `limit` as entries age out; `None`
+    /// for a limit of 0 (never) or when nothing has to age out.
+    fn release_in(&self, p: Period, limit: i64, now: i64) -> Option<Duration> {
+        if limit <= 0 {
+            return None;
+        }
+        let leaves_at = self
+            .ledger
+            .first_entry_above(self.ledger.total_at(now) - limit)?;
+        p.time_until_out(
+            DateTime::from_timestamp_micros(leaves_at)?,
+            DateTime::from_timestamp_micros(now)?,
+        )
     }
 
     /// Decides the alert events of a change from `before` to the workspace's state now (see
@@ -294,16 +315,7 @@ impl BudgetStore for MemoryStore {
     ) -> Result<PerPeriod<Option<Duration>>, StoreError> {
         let now = micros(self.clock.now());
         self.with_live(workspace, |ws| {
-            Ok(PerPeriod::from_fn(|p| {
-                let limit = over.get(p).filter(|l| *l > 0)?;
-                let leaves_at = ws
-                    .ledger
-                    .first_entry_above(ws.ledger.total_at(now) - limit)?;
-                p.time_until_out(
-                    DateTime::from_timestamp_micros(leaves_at)?,
-                    DateTime::from_timestamp_micros(now)?,
-                )
-            }))
+            Ok(PerPeriod::from_fn(|p| ws.release_in(p, over.get(p)?, now)))
         })
     }
 

@@ -112,6 +112,9 @@ pub struct BudgetReport {
     /// rate (see [`crate::alerts::exhausted_in_seconds`]); `None` where it is not reached
     /// within the window, the rate is 0, or there is no limit.
     pub exhausted_in_seconds: PerPeriod<Option<u64>>,
+    /// Per exceeded period with a limit above 0, how long until enough spend ages out of the
+    /// window for the call to pass again (as [`BudgetStore::retry_after`]); `None` elsewhere.
+    pub retry_after: PerPeriod<Option<Duration>>,
 }
 
 /// A validated change to a workspace's budget: limits (merge patch) and, optionally, its alert
@@ -298,6 +301,25 @@ pub trait BudgetStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<WorkspaceId>, StoreError>;
 
+    /// [`list_workspaces`](Self::list_workspaces) with each workspace's
+    /// [`report`](Self::report). The default asks for each report in turn (a workspace removed
+    /// meanwhile is left out); a store behind a network answers a page in one round trip.
+    async fn list_reports(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<(WorkspaceId, BudgetReport)>, StoreError> {
+        let mut page = Vec::new();
+        for id in self.list_workspaces(after, limit).await? {
+            match self.report(&id).await {
+                Ok(report) => page.push((id, report)),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(page)
+    }
+
     /// Deletes ledger entries older than [`Period::retention`], in small batches, and returns
     /// how many went. Safe to call concurrently with everything else; call it periodically.
     async fn prune(&self) -> Result<u64, StoreError>;
@@ -365,6 +387,13 @@ impl<S: BudgetStore + ?Sized> BudgetStore for Arc<S> {
         limit: usize,
     ) -> Result<Vec<WorkspaceId>, StoreError> {
         (**self).list_workspaces(after, limit).await
+    }
+    async fn list_reports(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<(WorkspaceId, BudgetReport)>, StoreError> {
+        (**self).list_reports(after, limit).await
     }
     async fn prune(&self) -> Result<u64, StoreError> {
         (**self).prune().await

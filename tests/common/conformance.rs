@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             aged_out_spend_recovers_in_the_sweep,
             outbox_order_lease_retry_and_expiry,
             history_against_brute_force_on_random_ledgers,
+            list_reports_agree_with_each_report,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -1284,4 +1285,77 @@ pub async fn history_against_brute_force_on_random_ledgers<S: BudgetStore>(
             .await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// `list_reports` pages are the live workspaces in id order, each with exactly the report and
+/// the waits that asking for that workspace alone gives.
+pub async fn list_reports_agree_with_each_report<S: BudgetStore>(store: S, clock: ManualClock) {
+    let seed = crate::common::seed("list_reports_agree_with_each_report");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let now = t0() + chrono::Duration::days(40);
+    let mut live = Vec::new();
+    for i in 0..23 {
+        let id = format!("ws-{:02}", (i * 7) % 23);
+        let w = ws(&id);
+        store.register(&w).await.unwrap();
+        let mut cumulative = 0;
+        for _ in 0..rng.usize(0..12) {
+            clock.set(now - chrono::Duration::seconds(rng.i64(1..40 * 86_400)));
+            cumulative += rng.i64(1..500);
+            store
+                .record_heartbeat(&Heartbeat::new(w.clone(), Some(cumulative), None))
+                .await
+                .unwrap();
+        }
+        clock.set(now);
+        let pairs: Vec<(Period, Option<i64>)> = Period::all()
+            .map(|p| (p, [None, Some(0), Some(rng.i64(1..2_000))][rng.usize(0..3)]))
+            .collect();
+        set_limits(&store, &id, &pairs).await;
+        if i % 5 == 4 {
+            store.remove(&w).await.unwrap();
+        } else {
+            live.push(w);
+        }
+    }
+    clock.set(now);
+    live.sort();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_reports(after.as_ref(), 4).await.unwrap();
+        assert!(page.len() <= 4);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        listed.extend(page);
+    }
+    let ids: Vec<_> = listed.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, live, "seed {seed}");
+    let mut exceeded = 0;
+    for (id, got) in &listed {
+        let want = store.report(id).await.unwrap();
+        assert_eq!(
+            (
+                &got.status,
+                &got.alert_thresholds,
+                &got.exhausted_in_seconds
+            ),
+            (
+                &want.status,
+                &want.alert_thresholds,
+                &want.exhausted_in_seconds
+            ),
+            "seed {seed}, {id}"
+        );
+        let over = want
+            .status
+            .exceeded_periods()
+            .iter()
+            .fold(Limits::none(), |l, &p| l.with(p, want.status.limits.get(p)));
+        let waits = store.retry_after(id, &over).await.unwrap();
+        exceeded += usize::from(waits.iter().any(|(_, w)| w.is_some()));
+        assert_eq!(got.retry_after, waits, "seed {seed}, {id}");
+        assert_eq!(want.retry_after, waits, "seed {seed}, {id}");
+    }
+    assert!(exceeded > 0, "seed {seed}: no wait to compare");
 }

@@ -678,6 +678,14 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
         self.inner.list_workspaces(after, limit).await
     }
 
+    async fn list_reports(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<(WorkspaceId, BudgetReport)>, StoreError> {
+        self.inner.list_reports(after, limit).await
+    }
+
     async fn prune(&self) -> Result<u64, StoreError> {
         self.inner.prune().await
     }

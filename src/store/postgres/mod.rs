@@ -67,6 +67,12 @@ pub fn history_sql() -> &'static str {
     &sql::HISTORY
 }
 
+/// The statement [`BudgetStore::list_reports`] runs (`$1` the id after which the page starts or
+/// NULL, `$2` now or NULL, `$3` the page size), for `EXPLAIN`.
+pub fn report_page_sql() -> &'static str {
+    &sql::REPORT_PAGE
+}
+
 /// How ledger entries are pruned: this many per statement, so no statement holds locks long.
 const PRUNE_BATCH: i64 = 5_000;
 
@@ -363,8 +369,19 @@ fn status_of(row: &Row) -> BudgetStatus {
 /// A report row: the status columns, then `alert_thresholds` and `forecast_{period}`.
 fn report_of(row: &Row) -> BudgetReport {
     let thresholds: Option<Vec<i16>> = row.get("alert_thresholds");
+    let status = status_of(row);
+    let exceeded = status.exceeded_periods();
+    let now: DateTime<Utc> = row.get("now");
     BudgetReport {
-        status: status_of(row),
+        retry_after: PerPeriod::from_fn(|p| {
+            let leaves_at: Option<DateTime<Utc>> = row.get(format!("release_{p}").as_str());
+            // The limits as the status parsed them decide what is exceeded.
+            exceeded
+                .contains(&p)
+                .then(|| p.time_until_out(leaves_at?, now))
+                .flatten()
+        }),
+        status,
         alert_thresholds: AlertThresholds::from_stored(thresholds.as_deref()),
         exhausted_in_seconds: PerPeriod::from_fn(|p| {
             let secs: Option<i64> = row.get(format!("forecast_{p}").as_str());
@@ -568,6 +585,31 @@ impl BudgetStore for PgStore {
         Ok(rows
             .iter()
             .filter_map(|r| WorkspaceId::new(r.get(0)).ok())
+            .collect())
+    }
+
+    async fn list_reports(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<(WorkspaceId, BudgetReport)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(WorkspaceId::to_string);
+        let now = self.now();
+        let rows = self
+            .run(move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(&sql::REPORT_PAGE).await.map_err(db)?;
+                    client
+                        .query(&stmt, &[&after, &now, &limit])
+                        .await
+                        .map_err(db)
+                })
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((WorkspaceId::new(r.get("id")).ok()?, report_of(r))))
             .collect())
     }
 

@@ -34,11 +34,12 @@ fn limit_columns() -> String {
 /// `$1` workspace id, `$2` now or NULL → one limit column per period (see [`limit_columns`]),
 /// then one spend column per period. One round trip; per period one index probe at the
 /// window's left edge, plus one shared probe for the running total at now.
-pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| status_select(""));
+pub(super) static STATUS: LazyLock<String> = LazyLock::new(|| status_select("$1", ""));
 
-/// The [`STATUS`] statement with `extra` columns after the spend columns (`w` is the workspace
-/// row, `last.total_cents` the running total at now).
-fn status_select(extra: &str) -> String {
+/// The [`STATUS`] statement for the workspace whose id is the SQL expression `ws`, with `extra`
+/// columns after the spend columns (`w` is the workspace row, `last.total_cents` the running
+/// total at now).
+fn status_select(ws: &str, extra: &str) -> String {
     let mut columns = String::new();
     let mut joins = String::new();
     for p in Period::all() {
@@ -49,7 +50,7 @@ fn status_select(extra: &str) -> String {
             "\nLEFT JOIN LATERAL (
     SELECT e.total_cents - e.delta_cents AS before_cents
     FROM workspace_spend_events e
-    WHERE e.workspace_id = $1 AND e.occurred_at > {NOW} - interval '{secs} seconds' AND e.occurred_at <= {NOW}
+    WHERE e.workspace_id = {ws} AND e.occurred_at > {NOW} - interval '{secs} seconds' AND e.occurred_at <= {NOW}
     ORDER BY e.occurred_at, e.total_cents LIMIT 1) w{i} ON true"
         );
     }
@@ -57,23 +58,46 @@ fn status_select(extra: &str) -> String {
         "SELECT {limits}{columns}{extra}
 FROM workspaces w
 LEFT JOIN LATERAL ({last}) last ON true{joins}
-WHERE w.id = $1 AND {LIVE}",
+WHERE w.id = {ws} AND {LIVE}",
         limits = limit_columns(),
-        last = &*LAST_TOTAL,
+        last = last_total(ws),
     )
 }
 
 /// `$1` workspace id, `$2` now or NULL → the [`STATUS`] columns, then `alert_thresholds`, then
-/// one `forecast_{period}` column per period: `exhausted_in_seconds` as
-/// `tower_budget::alerts` defines it. Per limited period one pass over the window's ledger
-/// entries, oldest first, on the covering index: each stretch between two entries leaving the
-/// window is checked with one integer division (`short` cents at `hourly` cents per hour).
-pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| {
+/// one `forecast_{period}` and one `release_{period}` column per period (see [`report_select`]).
+pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| report_select("$1"));
+
+/// `$1` the id after which the page starts (NULL for the first), `$2` now or NULL, `$3` the page
+/// size → one [`REPORT`] row per live workspace of the page, in id order (`id` first): the
+/// listing with status in one round trip.
+pub(super) static REPORT_PAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.*
+FROM (SELECT w.id FROM workspaces w
+      WHERE {LIVE} AND ($1::TEXT IS NULL OR w.id > $1)
+      ORDER BY w.id LIMIT $3) page
+CROSS JOIN LATERAL ({}) r
+ORDER BY r.id",
+        report_select("page.id")
+    )
+});
+
+/// The report of the workspace whose id is the SQL expression `ws` (`$2` now or NULL): its id,
+/// the [`STATUS`] columns, `alert_thresholds`, then per period
+/// - `forecast_{period}`: `exhausted_in_seconds` as `tower_budget::alerts` defines it. Per
+///   limited period one pass over the window's ledger entries, oldest first, on the covering
+///   index: each stretch between two entries leaving the window is checked with one integer
+///   division (`short` cents at `hourly` cents per hour);
+/// - `release_{period}`: for a period exceeded with a limit above 0, the time of the first
+///   ledger entry whose running total exceeds `total(now) − limit` (as [`RELEASE_TIMES`]): one
+///   index probe, only when exceeded.
+fn report_select(ws: &str) -> String {
     let mut extra = String::from(
         ",\n       CASE WHEN w.alert_thresholds IS NOT NULL THEN ARRAY(
            SELECT DISTINCT x FROM unnest(w.alert_thresholds) x WHERE x BETWEEN 1 AND 1000 ORDER BY x)
        END AS alert_thresholds,
-       COALESCE(last.total_cents, 0) AS last_total, {NOW} AS now",
+       COALESCE(last.total_cents, 0) AS last_total, {NOW} AS now, w.id AS id",
     )
     .replace("{NOW}", NOW);
     for p in Period::all() {
@@ -98,19 +122,24 @@ pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| {
                                    CEIL(EXTRACT(EPOCH FROM e.occurred_at + interval '{secs} seconds' - s.now)),
                                    s.last_total - e.total_cents
                             FROM workspace_spend_events e
-                            WHERE e.workspace_id = $1 AND e.occurred_at > s.now - interval '{secs} seconds'
+                            WHERE e.workspace_id = s.id AND e.occurred_at > s.now - interval '{secs} seconds'
                               AND e.occurred_at <= s.now) y) x) seg
                 WHERE seg.at < seg.stop)
-       END AS \"forecast_{p}\""
+       END AS \"forecast_{p}\",
+       CASE WHEN s.\"lim_{p}\" > 0 AND s.\"{p}\" >= s.\"lim_{p}\" THEN
+           (SELECT e.occurred_at FROM workspace_spend_events e
+            WHERE e.workspace_id = s.id AND e.total_cents > s.last_total - s.\"lim_{p}\"
+            ORDER BY e.total_cents LIMIT 1)
+       END AS \"release_{p}\""
             )
         })
         .collect();
     format!(
-        "WITH s AS ({})\nSELECT s.*,\n       {}\nFROM s",
-        status_select(&extra),
+        "WITH s AS MATERIALIZED ({})\nSELECT s.*,\n       {}\nFROM s",
+        status_select(ws, &extra),
         forecasts.join(",\n       ")
     )
-});
+}
 
 /// `$1` workspace id, `$2` now or NULL, `$3…` one limit per period (NULL to skip) → per
 /// period the time of the first ledger entry whose running total exceeds `total(now) − limit`
@@ -133,18 +162,18 @@ FROM workspaces w
 LEFT JOIN LATERAL ({}) last ON true
 WHERE w.id = $1 AND {LIVE}",
         columns.join(",\n       "),
-        &*LAST_TOTAL
+        last_total("$1")
     )
 });
 
-/// The running total of the last ledger entry at or before now.
-static LAST_TOTAL: LazyLock<String> = LazyLock::new(|| {
+/// The running total of the last ledger entry at or before now of the workspace `ws`.
+fn last_total(ws: &str) -> String {
     format!(
         "SELECT e.total_cents FROM workspace_spend_events e
-    WHERE e.workspace_id = $1 AND e.occurred_at <= {NOW}
+    WHERE e.workspace_id = {ws} AND e.occurred_at <= {NOW}
     ORDER BY e.occurred_at DESC, e.total_cents DESC LIMIT 1"
     )
-});
+}
 
 /// `$1` id, `$2` cumulative cents, `$3` seq as text, `$4` now or NULL (the database's clock),
 /// `$5` [`PERIOD_NAMES`], `$6` [`PERIOD_WINDOWS`]: the heartbeat decides alerts with the period
@@ -347,6 +376,8 @@ mod tests {
             assert!(PATCH_LIMITS.contains(&format!("AS \"limit_{p}\"")));
             assert!(REPORT.contains(&format!("AS \"forecast_{p}\"")));
             assert!(REPORT.contains(&format!("AS \"lim_{p}\"")));
+            assert!(REPORT.contains(&format!("AS \"release_{p}\"")));
+            assert!(REPORT_PAGE.contains(&format!("AS \"release_{p}\"")));
         }
     }
 }
