@@ -133,7 +133,8 @@ return [...document.querySelectorAll('#rows tr')].map(tr => {
 OVERVIEW_JS = """
 return [...document.querySelectorAll('#workspaces tr')].map(tr => ({
   id: tr.dataset.workspace, use: tr.querySelector('.use').textContent,
-  exceeded: tr.querySelector('.exceeded').textContent, forecast: tr.querySelector('td.forecast').textContent}));"""
+  exceeded: tr.querySelector('.exceeded span:last-child').textContent,
+  forecast: tr.querySelector('td.forecast span:last-child').textContent}));"""
 
 CHART_JS = """
 const svg = document.querySelector('#chart-svg svg');
@@ -144,7 +145,11 @@ return {bars: bars.length, sum: bars.reduce((s, r) => s + Number(r.dataset.spend
         summary: document.getElementById('chart-summary').textContent,
         tableRows: document.querySelectorAll('#chart-table tr').length};"""
 
-NO_OVERFLOW_JS = "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+# Nothing wider than the window: not the page, and no table scrolling sideways inside its box.
+NO_OVERFLOW_JS = """
+const visible = [...document.querySelectorAll('.scroll')].filter(e => e.offsetParent !== null);
+return document.documentElement.scrollWidth <= window.innerWidth + 1
+  && visible.every(e => e.scrollWidth <= e.clientWidth + 1);"""
 
 
 def main():
@@ -247,6 +252,8 @@ def main():
         browser.click("#back")
         poll("overview again", lambda: browser.js("return !document.getElementById('overview').hidden"))
         check("overview fits 390 px", browser.js(NO_OVERFLOW_JS), browser.js("return document.documentElement.scrollWidth"))
+        labels = browser.js("return [...document.querySelectorAll('#workspaces tr:first-child .label')].map(l => l.offsetParent !== null)")
+        check("narrow overview labels its cells in text", labels == [True, True], labels)
         browser.screenshot(os.path.join(shots, "overview-phone.png"))
         browser.cmd("POST", "/window/rect", {"width": 1280, "height": 800})
         browser.click('#workspaces tr[data-workspace="alpha"] button')

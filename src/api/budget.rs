@@ -16,6 +16,9 @@ use crate::WorkspaceId;
 const DEFAULT_PAGE: usize = 100;
 /// Largest page size of `GET /workspaces`; larger requests are cut to it.
 const MAX_PAGE: usize = 1_000;
+/// Largest page size of `GET /workspaces?include=status`: each entry reads its windows and its
+/// forecast, whose cost grows with the workspace's ledger entries in its limited windows.
+const MAX_STATUS_PAGE: usize = 100;
 
 /// The `GET /workspaces/{id}/budget` body for `report`: every period in table order with its
 /// limit, spend, remaining, window and `exhausted_in_seconds`, for an exceeded period its
@@ -161,12 +164,16 @@ pub(super) async fn list(
         }
     }
     require_admin(principal)?;
-    // One more than asked tells whether another page follows.
     let (more, workspaces, last) = if with_status {
-        let mut page = store.list_reports(after.as_ref(), limit + 1).await?;
-        let more = page.len() > limit;
-        page.truncate(limit);
+        let limit = limit.min(MAX_STATUS_PAGE);
+        let page = store.list_reports(after.as_ref(), limit).await?;
         let last = page.last().map(|(id, _)| id.clone());
+        // Whether another page follows, from the ids alone (a report is far dearer than an id,
+        // and an id left out of the page — removed meanwhile — must not end the paging).
+        let more = match &last {
+            Some(last) => !store.list_workspaces(Some(last), 1).await?.is_empty(),
+            None => false,
+        };
         let listed = page
             .iter()
             .map(|(id, report)| {
@@ -183,6 +190,7 @@ pub(super) async fn list(
             .collect::<Vec<_>>();
         (more, listed, last)
     } else {
+        // One more than asked tells whether another page follows.
         let mut ids = store.list_workspaces(after.as_ref(), limit + 1).await?;
         let more = ids.len() > limit;
         ids.truncate(limit);

@@ -114,6 +114,7 @@ pub struct BudgetReport {
     pub exhausted_in_seconds: PerPeriod<Option<u64>>,
     /// Per exceeded period with a limit above 0, how long until enough spend ages out of the
     /// window for the call to pass again (as [`BudgetStore::retry_after`]); `None` elsewhere.
+    /// A store must fill it: the budget GET shows `None` as "no wait helps" (a limit of 0).
     pub retry_after: PerPeriod<Option<Duration>>,
 }
 
@@ -301,7 +302,7 @@ pub trait BudgetStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<WorkspaceId>, StoreError>;
 
-    /// [`list_workspaces`](Self::list_workspaces) with each workspace's
+    /// The page [`list_workspaces`](Self::list_workspaces) gives, with each workspace's
     /// [`report`](Self::report). The default asks for each report in turn (a workspace removed
     /// meanwhile is left out); a store behind a network answers a page in one round trip.
     async fn list_reports(
