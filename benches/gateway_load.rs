@@ -104,7 +104,14 @@ fn serve_baseline(args: &[String]) {
         );
         let router = app::router(proxy, api, metrics, health);
         println!("listening on http://{local} (baseline: no budget layer)");
-        app::serve(listener, router, std::future::pending()).await;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        app::serve_on_threads(
+            listener,
+            std::sync::Arc::new(move || router.clone()),
+            threads,
+            std::future::pending(),
+        )
+        .await;
     });
 }
 

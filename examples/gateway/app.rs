@@ -40,7 +40,7 @@ const RESERVED_FDS: usize = 256;
 
 /// The connection cap: [`MAX_CONNECTIONS`], or less where the soft limit on open files would be
 /// reached first (accept would then fail, and so would connections to agents and the database).
-fn connection_cap() -> usize {
+pub fn connection_cap() -> usize {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|limits| {
@@ -73,33 +73,118 @@ async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open connections finish
-/// their requests. HTTP/1 and HTTP/2, with a header read timeout and a connection cap.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// One thread's connections: each served on this thread's runtime with this thread's router
+/// (and so its own connections to agents), finished gracefully at shutdown.
+struct Connections {
     router: Router,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+}
+
+impl Connections {
+    fn new(router: Router) -> Connections {
+        use hyper_util::rt::{TokioExecutor, TokioTimer};
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // A peer that stops answering pings is dropped.
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(10));
+        Connections {
+            router,
+            builder,
+            graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        }
+    }
+
+    /// Serves `stream` on a task of the current runtime; `slot` is held until it closes.
+    fn serve(&self, stream: tokio::net::TcpStream, slot: Slot) {
+        use hyper_util::rt::TokioIo;
+        use tower::ServiceExt as _;
+        let service = hyper_util::service::TowerToHyperService::new(
+            self.router
+                .clone()
+                .map_request(|r: http::Request<hyper::body::Incoming>| r.map(Body::new)),
+        );
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        tokio::spawn(async move {
+            // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, with no timeout of
+            // its own: a client that sends nothing is dropped after the header read timeout.
+            if !tokio::time::timeout(HEADER_READ_TIMEOUT, protocol_known(&stream))
+                .await
+                .unwrap_or(false)
+            {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then lets open connections finish their
+/// requests. HTTP/1 and HTTP/2, with a header read timeout and one connection cap for all.
+///
+/// Connections are spread over `threads` threads, each with its own single-threaded runtime
+/// and its own router from `make_router` (the calling thread is the first): a connection's
+/// requests are read, checked, forwarded to the agent and answered on one thread, so a request
+/// wakes no other thread — on a small machine those wake-ups cost more than the proxying
+/// (BENCHMARKS.md, "The gateway against nginx"). This task accepts and hands each connection
+/// to the next thread in turn.
+pub async fn serve_on_threads(
+    listener: tokio::net::TcpListener,
+    make_router: Arc<dyn Fn() -> Router + Send + Sync>,
+    threads: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt as _;
-
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // A peer that stops answering pings is dropped.
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-        .keep_alive_timeout(std::time::Duration::from_secs(10));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let cap = connection_cap();
-    tracing::debug!(cap, "client connection cap");
+    tracing::debug!(cap, threads, "client connection cap");
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let here = Connections::new(make_router());
+    let mut others = Vec::new();
+    let mut joins = Vec::new();
+    for i in 1..threads.max(1) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Slot)>();
+        let make_router = make_router.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                runtime.block_on(async move {
+                    let connections = Connections::new(make_router());
+                    // Ends when the accepting task drops the sender (shutdown).
+                    while let Some((stream, slot)) = rx.recv().await {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => connections.serve(stream, slot),
+                            Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
+                        }
+                    }
+                    connections.graceful.shutdown().await;
+                });
+            });
+        match spawned {
+            Ok(join) => {
+                others.push(tx);
+                joins.push(join);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start a serving thread; using fewer"),
+        }
+    }
     let mut next_warning = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut turn = 0usize;
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
@@ -121,29 +206,35 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|r: http::Request<hyper::body::Incoming>| r.map(Body::new)),
-        );
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, with no timeout of
-            // its own: a client that sends nothing is dropped after the header read timeout.
-            if !tokio::time::timeout(HEADER_READ_TIMEOUT, protocol_known(&stream))
-                .await
-                .unwrap_or(false)
-            {
-                return;
+        turn = (turn + 1) % (others.len() + 1);
+        if turn == 0 {
+            here.serve(stream, slot);
+            continue;
+        }
+        // Handed over as a plain socket: the other thread registers it with its own runtime.
+        match stream.into_std() {
+            Ok(stream) => {
+                if let Err(back) = others[turn - 1].send((stream, slot)) {
+                    // That thread is gone (it panicked): serve here instead.
+                    let (stream, slot) = back.0;
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                        here.serve(stream, slot);
+                    }
+                }
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-            drop(slot);
-        });
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+        }
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(others);
+    here.graceful.shutdown().await;
+    // The other threads finish their connections too; waited for off this runtime's thread.
+    let _ = tokio::task::spawn_blocking(move || {
+        for join in joins {
+            let _ = join.join();
+        }
+    })
+    .await;
 }
 
 /// The longest the migrations may take at start.

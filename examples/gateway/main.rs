@@ -60,7 +60,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Single-threaded runtimes, one per core: this one, which also runs the background tasks,
+    // and one per other serving thread (`app::serve_on_threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(config)) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -115,19 +120,28 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .with_budget_headers(true)
         .with_exempt(|p| proxy::is_card_request(&p.method, p.uri.path()));
     let api = BudgetApi::new(cached.clone(), TokenAuth::new(&admin_token, cached.clone()));
-    let proxy = Proxy::new(
-        cached,
-        public_url.clone(),
-        config.upstream_timeout(),
-        config.check_timeout(),
-    );
-    // Every proxied request goes through the layer: no flag, variable or feature takes it out.
-    let proxied = tower::ServiceBuilder::new()
-        // Hand axum the proxy's own body type, so it does not box the layer's body around it.
-        .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
-        .layer(layer)
-        .service(proxy);
-    let app = app::router(proxied, api, metrics, backend.health());
+    let health = backend.health();
+    let (upstream_timeout, lookup_timeout) = (config.upstream_timeout(), config.check_timeout());
+    let proxy_url = public_url.clone();
+    // One router per serving thread, each with its own proxy (its own pool of connections to
+    // the agents); the stores, caches and metrics are shared.
+    let make_router = std::sync::Arc::new(move || {
+        let proxy = Proxy::new(
+            cached.clone(),
+            proxy_url.clone(),
+            upstream_timeout,
+            lookup_timeout,
+        );
+        // Every proxied request goes through the layer: no flag, variable or feature takes it
+        // out.
+        let proxied = tower::ServiceBuilder::new()
+            // Hand axum the proxy's own body type, so it does not box the layer's body around it.
+            .map_response(|r: http::Response<ResponseBody<Body>>| r.map(ResponseBody::into_body))
+            .layer(layer.clone())
+            .service(proxy);
+        app::router(proxied, api.clone(), metrics.clone(), health.clone())
+    });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let mut signals = Signals::register()?;
     let pruner = spawn_pruner(backend.store.clone(), PRUNE_EVERY);
@@ -142,7 +156,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
         let mut stop = stop_rx;
-        app::serve(listener, app, async move {
+        app::serve_on_threads(listener, make_router, threads, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await

@@ -1,0 +1,558 @@
+//! The gateway as a proxy, against nginx, on one upstream (issue #14). One run:
+//!
+//! 1. **Saturation**: wrk (2 threads, 32 connections, JSON-RPC `SendMessage` POSTs) against
+//!    nginx as a reverse proxy (Debian's nginx-light, keep-alive to the upstream), the gateway as
+//!    shipped (budget layer, Postgres store, limits set so every call is checked) and the
+//!    upstream direct. The upstream is a second nginx answering a fixed JSON-RPC result, so
+//!    the proxies are the only difference. Many short rounds in rotating order; ratios paired
+//!    by round.
+//! 2. **Latency at a fixed rate**: half of nginx's median saturation rate, from an open-loop
+//!    generator in this process (`OpenLoop`): request `i` is due at `t0 + i / rate` on
+//!    connection `i mod 32`; a request whose connection is still busy when it is due counts
+//!    from when it was due (no coordinated omission), one sent on time from when it was sent
+//!    (the generator's own timer lateness is not the server's). p50 / p99 / p99.9 per target.
+//! 3. **Scale**: 1,000,000 workspaces registered in Postgres (half with limits), the gateway
+//!    restarted on them (start-up time), then wrk calls spread uniformly at random over N =
+//!    10, 1,000 and 100,000 of them: throughput and p50 per N, and the gateway's RSS growth per
+//!    active workspace.
+//!
+//! `PROXY_ROUNDS` (default 6), `PROXY_SECONDS` (default 5), `PROXY_SCALE=0` skips part 3.
+//! Run with `scripts/bench --bench proxy`.
+
+#[path = "../tests/common/gateway.rs"]
+#[allow(dead_code)]
+mod gateway;
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message":{"messageId":"m","role":"ROLE_USER","parts":[{"text":"ping"}]}}}"#;
+const ANSWER: &str = r#"{"jsonrpc":"2.0","id":"1","result":{"kind":"message","messageId":"r","role":"agent","parts":[{"kind":"text","text":"pong"}]}}"#;
+const CONNECTIONS: usize = 32;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An nginx started by this process (master in the foreground, stopped by PID on drop).
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path, name: &str, workers: usize, server: &str, extra_http: &str) -> Nginx {
+        let port = free_port();
+        let prefix = dir.join(name);
+        std::fs::create_dir_all(&prefix).unwrap();
+        let conf = prefix.join("nginx.conf");
+        let p = prefix.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;
+worker_processes {workers};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+  keepalive_requests 1000000;
+  {extra_http}
+  server {{
+    listen 127.0.0.1:{port};
+    {server}
+  }}
+}}
+"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, port }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful stop of this master and its workers.
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn wrk(url: &str, script: &Path, duration: &str) -> String {
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-d",
+            duration,
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    assert!(
+        out.status.success(),
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// "50%  1.23ms" → milliseconds.
+fn percentile(report: &str, label: &str) -> f64 {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .expect(label);
+    let value = line.split_whitespace().nth(1).unwrap();
+    let (number, unit) = value.split_at(value.find(|c: char| c.is_alphabetic()).unwrap());
+    let n: f64 = number.parse().unwrap();
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        other => panic!("unit {other}"),
+    }
+}
+
+struct Saturation {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn saturate(name: &str, url: &str, script: &Path, seconds: usize) -> Saturation {
+    wrk(url, script, "1s");
+    let report = wrk(url, script, &format!("{seconds}s"));
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "{name}: errors under load:\n{report}"
+    );
+    let rps = report
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .expect("Requests/sec")
+        .trim()
+        .parse()
+        .unwrap();
+    Saturation {
+        rps,
+        p50: percentile(&report, "50%"),
+        p99: percentile(&report, "99%"),
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// Latencies of an open-loop run, in microseconds, sorted.
+struct OpenLoop {
+    latencies: Vec<u64>,
+    late_starts: usize,
+    errors: usize,
+}
+
+impl OpenLoop {
+    fn at(&self, q: f64) -> f64 {
+        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies[i] as f64 / 1000.0
+    }
+}
+
+/// `rate` requests per second for `seconds`, over `CONNECTIONS` keep-alive connections, on a
+/// 2-thread runtime of its own.
+fn open_loop(url: &str, rate: f64, seconds: f64) -> OpenLoop {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let uri: http::Uri = url.parse().unwrap();
+    rt.block_on(async move {
+        let authority = uri.authority().unwrap().to_string();
+        let total = (rate * seconds) as usize;
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut tasks = Vec::new();
+        for c in 0..CONNECTIONS {
+            let (uri, authority) = (uri.clone(), authority.clone());
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                let mut out = (Vec::new(), 0usize, 0usize);
+                let mut i = c;
+                while i < total {
+                    let due = start + interval * i as u32;
+                    let now = tokio::time::Instant::now();
+                    // Busy past the due time: the wait is the server's, counted from `due`.
+                    let from = if now > due {
+                        out.1 += 1;
+                        due
+                    } else {
+                        tokio::time::sleep_until(due).await;
+                        tokio::time::Instant::now()
+                    };
+                    let req = http::Request::post(uri.clone())
+                        .header("host", &authority)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                        .unwrap();
+                    match send.send_request(req).await {
+                        Ok(res) if res.status().is_success() => {
+                            let _ = res.into_body().collect().await;
+                            out.0.push(from.elapsed().as_micros() as u64);
+                        }
+                        _ => out.2 += 1,
+                    }
+                    i += CONNECTIONS;
+                }
+                out
+            }));
+        }
+        let mut result = OpenLoop {
+            latencies: Vec::with_capacity(total),
+            late_starts: 0,
+            errors: 0,
+        };
+        for t in tasks {
+            let (l, late, errors) = t.await.unwrap();
+            result.latencies.extend(l);
+            result.late_starts += late;
+            result.errors += errors;
+        }
+        result.latencies.sort_unstable();
+        result
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn post_script(dir: &Path) -> PathBuf {
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{BODY}'\n"
+        ),
+    )
+    .unwrap();
+    script
+}
+
+/// Calls spread uniformly at random over workspaces `ws-0` … `ws-{n-1}`.
+fn spread_script(dir: &Path, n: usize) -> PathBuf {
+    let script = dir.join(format!("spread-{n}.lua"));
+    std::fs::write(
+        &script,
+        format!(
+            "local body = '{BODY}'
+local headers = {{[\"Content-Type\"] = \"application/json\"}}
+request = function()
+  return wrk.format(\"POST\", \"/workspaces/ws-\" .. math.random(0, {}) .. \"/a2a\", headers, body)
+end
+",
+            n - 1
+        ),
+    )
+    .unwrap();
+    script
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rounds = setting("PROXY_ROUNDS", 6);
+    let seconds = setting("PROXY_SECONDS", 5);
+    let dir = root.join("target/proxy-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = gateway::release_build(&root.join("target"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let upstream = Nginx::start(
+        &dir,
+        "upstream",
+        1,
+        &format!("location / {{ default_type application/json; return 200 '{ANSWER}'; }}"),
+        "",
+    );
+    let nginx = Nginx::start(
+        &dir,
+        "proxy",
+        2,
+        "location / { proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+        &format!(
+            "upstream agent {{ server 127.0.0.1:{}; keepalive 64; }}",
+            upstream.port
+        ),
+    );
+    let agent_url = format!("http://127.0.0.1:{}/agent", upstream.port);
+
+    let schema = rt.block_on(pg::fresh_schema());
+    let base = pg::database_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let db = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let gw = gateway::Gateway::start_binary(
+        &shipped,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            gateway::ADMIN,
+            "--database-url",
+            &db,
+        ],
+        &[],
+    );
+    rt.block_on(async {
+        gw.register("bench", &agent_url).await;
+        gw.patch_limits(
+            "bench",
+            serde_json::json!({"hourly": 1_000_000_000, "monthly": 2_000_000_000}),
+        )
+        .await;
+        let r = gw.rpc("bench").await;
+        assert_eq!(r.status, http::StatusCode::OK, "{:?}", r.json);
+    });
+
+    let script = post_script(&dir);
+    let targets = [
+        ("upstream direct", agent_url.clone()),
+        (
+            "nginx proxy",
+            format!("http://127.0.0.1:{}/workspaces/bench/a2a", nginx.port),
+        ),
+        (
+            "gateway",
+            format!("http://{}/workspaces/bench/a2a", gw.addr),
+        ),
+    ];
+    let mut sat: Vec<Vec<Saturation>> = targets.iter().map(|_| Vec::new()).collect();
+    eprintln!("saturation: {rounds} rounds of {seconds} s per target");
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let t = (k + round) % targets.len();
+            let s = saturate(targets[t].0, &targets[t].1, &script, seconds);
+            eprintln!(
+                "round {round:2} {:16} {:8.0} req/s p50 {:.2} ms p99 {:.2} ms",
+                targets[t].0, s.rps, s.p50, s.p99
+            );
+            sat[t].push(s);
+        }
+    }
+    let ratios = |a: usize, b: usize| -> Vec<f64> {
+        sat[a]
+            .iter()
+            .zip(&sat[b])
+            .map(|(x, y)| x.rps / y.rps)
+            .collect()
+    };
+    println!("\n## Saturation (wrk 2x{CONNECTIONS}, {rounds} rounds of {seconds} s, medians)\n");
+    println!("| target | requests/s | p50 | p99 |\n|---|---:|---:|---:|");
+    for (t, (name, _)) in targets.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms |",
+            median(&mut sat[t].iter().map(|s| s.rps).collect::<Vec<_>>()),
+            median(&mut sat[t].iter().map(|s| s.p50).collect::<Vec<_>>()),
+            median(&mut sat[t].iter().map(|s| s.p99).collect::<Vec<_>>()),
+        );
+    }
+    let mut gw_nginx = ratios(2, 1);
+    println!(
+        "\ngateway / nginx throughput, paired by round: median {:.3}x (rounds: {})",
+        median(&mut gw_nginx.clone()),
+        gw_nginx
+            .iter_mut()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    let nginx_rps = median(&mut sat[1].iter().map(|s| s.rps).collect::<Vec<_>>());
+    let rate = (nginx_rps / 2.0).round();
+    println!("\n## Latency at {rate:.0} req/s (half of nginx's saturation), open loop, {CONNECTIONS} connections\n");
+    println!(
+        "| target | p50 | p99 | p99.9 | late starts | errors |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let mut lat = Vec::new();
+    for (name, url) in &targets {
+        let _ = open_loop(url, rate, 1.0); // warm-up
+        let run = open_loop(url, rate, (seconds * 2) as f64);
+        println!(
+            "| {name} | {:.3} ms | {:.3} ms | {:.3} ms | {} | {} |",
+            run.at(0.5),
+            run.at(0.99),
+            run.at(0.999),
+            run.late_starts,
+            run.errors
+        );
+        lat.push(run);
+    }
+    println!(
+        "\ngateway p99 / nginx p99 at the fixed rate: {:.2}x; added over the upstream direct: \
+         p50 +{:.3} ms, p99 +{:.3} ms, p99.9 +{:.3} ms (nginx: +{:.3}, +{:.3}, +{:.3})",
+        lat[2].at(0.99) / lat[1].at(0.99),
+        lat[2].at(0.5) - lat[0].at(0.5),
+        lat[2].at(0.99) - lat[0].at(0.99),
+        lat[2].at(0.999) - lat[0].at(0.999),
+        lat[1].at(0.5) - lat[0].at(0.5),
+        lat[1].at(0.99) - lat[0].at(0.99),
+        lat[1].at(0.999) - lat[0].at(0.999),
+    );
+    drop(gw);
+    drop(nginx);
+
+    if setting("PROXY_SCALE", 1) == 0 {
+        return;
+    }
+    scale(&rt, &shipped, &schema, &db, &dir, &agent_url, seconds);
+    drop(upstream);
+}
+
+fn scale(
+    rt: &tokio::runtime::Runtime,
+    shipped: &Path,
+    schema: &str,
+    db: &str,
+    dir: &Path,
+    agent_url: &str,
+    seconds: usize,
+) {
+    const REGISTERED: i64 = 1_000_000;
+    eprintln!("registering {REGISTERED} workspaces …");
+    // Straight into the table, change-notification triggers off for this session (a million
+    // notifications nobody listens to), no statement timeout.
+    rt.block_on(pg::admin_execute(&format!(
+        r#"SET search_path TO {schema}; SET statement_timeout = 0;
+           SET session_replication_role = replica;
+           INSERT INTO workspaces (id, agent_url, budget_limits)
+           SELECT 'ws-' || i, '{agent_url}',
+                  CASE WHEN i % 2 = 0 THEN '{{"hourly": 1000000000, "monthly": 2000000000}}'::JSONB
+                       ELSE '{{}}'::JSONB END
+           FROM generate_series(0, {REGISTERED} - 1) i
+           ON CONFLICT (id) DO NOTHING;
+           RESET session_replication_role;"#
+    )));
+    rt.block_on(pg::admin_execute(&format!(
+        "VACUUM ANALYZE {schema}.workspaces"
+    )));
+    let started = Instant::now();
+    let gw = gateway::Gateway::start_binary(
+        shipped,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            gateway::ADMIN,
+            "--database-url",
+            db,
+        ],
+        &[],
+    );
+    let startup = started.elapsed();
+    let pid = gw.child.id();
+    println!("\n## 1,000,000 registered workspaces\n");
+    println!(
+        "start-up to listening: {:.2} s; RSS at start {} KiB\n",
+        startup.as_secs_f64(),
+        rss_kib(pid)
+    );
+    println!(
+        "| active workspaces | requests/s | p50 | p99 | RSS after |\n|---:|---:|---:|---:|---:|"
+    );
+    let url = format!("http://{}/", gw.addr);
+    let mut rss = Vec::new();
+    let mut first_rps = None;
+    for n in [10usize, 1_000, 100_000] {
+        let script = spread_script(dir, n);
+        // Two warm-up passes: every active workspace is seen before the measured stretch.
+        wrk(
+            &url,
+            &script,
+            &format!("{}s", if n > 10_000 { seconds * 2 } else { 1 }),
+        );
+        let s = saturate(&format!("{n} active"), &url, &script, seconds);
+        let kib = rss_kib(pid);
+        rss.push((n, kib));
+        let base = *first_rps.get_or_insert(s.rps);
+        println!(
+            "| {n} | {:.0} ({:.2}x) | {:.2} ms | {:.2} ms | {kib} KiB |",
+            s.rps,
+            s.rps / base,
+            s.p50,
+            s.p99
+        );
+    }
+    let (n0, k0) = rss[0];
+    let (n1, k1) = rss[rss.len() - 1];
+    println!(
+        "\nRSS growth per active workspace ({n0} → {n1}): {:.0} bytes",
+        (k1 as f64 - k0 as f64) * 1024.0 / (n1 - n0) as f64
+    );
+}
