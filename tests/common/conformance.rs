@@ -1241,6 +1241,10 @@ pub async fn history_against_brute_force_on_random_ledgers<S: BudgetStore>(
         let mut times: Vec<DateTime<Utc>> = (0..rng.usize(0..40))
             .map(|_| now - us(rng.i64(0..45 * step_secs * 1_000_000)))
             .collect();
+        // Spend older than the retention may be gone (SPEC §13): the brute force sees only what
+        // a store must keep.
+        let kept =
+            chrono::Duration::from_std(Period::retention()).unwrap() - chrono::Duration::days(1);
         // Entries exactly on edges, and a microsecond either side.
         for k in 0..4 {
             let edge = from + step * rng.i32(0..40);
@@ -1250,7 +1254,7 @@ pub async fn history_against_brute_force_on_random_ledgers<S: BudgetStore>(
                     .filter(|_| k % 2 == 0 || rng.bool()),
             );
         }
-        times.retain(|t| *t <= now);
+        times.retain(|t| *t <= now && now - *t < kept);
         times.sort();
         let mut ledger = Vec::new();
         let mut cumulative = 0;
