@@ -90,7 +90,13 @@ fn serve_baseline(args: &[String]) {
             .unwrap();
         // The same caching store (and change listener) the gateway gives its layer, for the API
         // and the proxy's lookups: the baseline differs from the gateway by the budget check alone.
-        let backend = app::store(database_url.as_deref(), None).await.unwrap();
+        let backend = app::store(
+            database_url.as_deref(),
+            None,
+            tower_budget::store::DEFAULT_CACHE_CAPACITY,
+        )
+        .await
+        .unwrap();
         let health = backend.health();
         let store = backend.store.clone();
         let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));

@@ -16,7 +16,8 @@
 //!    10, 1,000 and 100,000 of them: throughput and p50 per N, and the gateway's RSS growth per
 //!    active workspace.
 //!
-//! `PROXY_ROUNDS` (default 6), `PROXY_SECONDS` (default 5), `PROXY_SCALE=0` skips part 3.
+//! `PROXY_ROUNDS` (default 6), `PROXY_SECONDS` (default 5), `PROXY_SCALE=0` skips part 3,
+//! `PROXY_SCALE_ONLY=1` runs part 3 alone.
 //! Run with `scripts/bench --bench proxy`.
 
 #[path = "../tests/common/gateway.rs"]
@@ -381,6 +382,12 @@ fn main() {
         assert_eq!(r.status, http::StatusCode::OK, "{:?}", r.json);
     });
 
+    if setting("PROXY_SCALE_ONLY", 0) == 1 {
+        drop(gw);
+        drop(nginx);
+        scale(&rt, &shipped, &schema, &db, &dir, &agent_url, seconds);
+        return;
+    }
     let script = post_script(&dir);
     let targets = [
         ("upstream direct", agent_url.clone()),

@@ -81,7 +81,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--alert-secret must not be empty".into());
     }
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let backend = app::store(config.database_url.as_deref(), config.cache_ttl()).await?;
+    let backend = app::store(
+        config.database_url.as_deref(),
+        config.cache_ttl(),
+        usize::try_from(config.cache_capacity).unwrap_or(usize::MAX),
+    )
+    .await?;
     let admin_token = match &config.admin_token {
         Some(t) if !t.trim().is_empty() => t.clone(),
         Some(_) => return Err("--admin-token must not be empty".into()),

@@ -189,6 +189,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Drops hop-by-hop headers, those named in `Connection` included.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the few names present, instead of a hashed
+    // removal per hop-by-hop name (`Connection` is one of them, so its list is seen here too).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
