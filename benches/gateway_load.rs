@@ -83,41 +83,38 @@ fn serve_baseline(args: &[String]) {
     };
     let database_url = flag("--database-url");
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Served as the gateway serves: a single-threaded runtime per core, a router and proxy per
+    // thread, the same cache capacity.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .unwrap();
         // The same caching store (and change listener) the gateway gives its layer, for the API
         // and the proxy's lookups: the baseline differs from the gateway by the budget check alone.
-        let backend = app::store(
-            database_url.as_deref(),
-            None,
-            tower_budget::store::DEFAULT_CACHE_CAPACITY,
-        )
-        .await
-        .unwrap();
+        let backend = app::store(database_url.as_deref(), None, app::DEFAULT_CACHE_CAPACITY)
+            .await
+            .unwrap();
         let health = backend.health();
         let store = backend.store.clone();
         let api = BudgetApi::new(store.clone(), TokenAuth::new(gateway::ADMIN, store.clone()));
         let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
         let local = listener.local_addr().unwrap();
-        let proxy = proxy::Proxy::new(
-            store,
-            format!("http://{local}"),
-            std::time::Duration::from_secs(300),
-            std::time::Duration::from_millis(50),
-        );
-        let router = app::router(proxy, api, metrics, health);
+        let make_router = std::sync::Arc::new(move || {
+            let proxy = proxy::Proxy::new(
+                store.clone(),
+                format!("http://{local}"),
+                std::time::Duration::from_secs(300),
+                std::time::Duration::from_millis(50),
+            );
+            app::router(proxy, api.clone(), metrics.clone(), health.clone())
+        });
         println!("listening on http://{local} (baseline: no budget layer)");
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        app::serve_on_threads(
-            listener,
-            std::sync::Arc::new(move || router.clone()),
-            threads,
-            std::future::pending(),
-        )
-        .await;
+        app::serve_on_threads(listener, make_router, threads, std::future::pending()).await;
     });
 }
 

@@ -724,6 +724,71 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     );
 }
 
+/// Requests that never end, on every serving thread: SIGTERM waits for them (the grace), a
+/// second signal exits at once — no thread's connections hold the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_whatever_runs_on_any_thread() {
+    // An agent that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/agent", silent.local_addr().unwrap());
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = reached.clone();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut gw = Gateway::start(&[]);
+    gw.register("ws-1", &silent_url).await;
+    // One connection each (a fresh client per request): connections go to the threads in turn.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pending = Vec::new();
+    for _ in 0..threads * 2 {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let req = http::Request::post(gw.url("/workspaces/ws-1/a2a"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        pending.push(tokio::spawn(async move { client.request(req).await }));
+    }
+    let pid = gw.child.id().to_string();
+    // Every request has reached the silent agent before the signals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reached.load(std::sync::atomic::Ordering::SeqCst) < threads * 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests did not reach the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the requests in flight"
+    );
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the second signal took {:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "exit status {status:?}");
+    for p in pending {
+        p.abort();
+    }
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_admin_token_and_bad_flags() {
     let gw = Gateway::start_raw(&["--listen", "127.0.0.1:0"], &[]);

@@ -33,6 +33,9 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Most client connections open at once (fewer when the process may open fewer files); further
 /// ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Default of `--cache-capacity`: workspaces held in the decision and registration caches.
+pub const DEFAULT_CACHE_CAPACITY: usize = 250_000;
+
 /// File descriptors kept for everything but client connections: agents, the database, logs.
 const RESERVED_FDS: usize = 256;
 
@@ -75,14 +78,35 @@ type Slot = tokio::sync::OwnedSemaphorePermit;
 
 /// One thread's connections: each served on this thread's runtime with this thread's router
 /// (and so its own connections to agents), finished gracefully at shutdown.
-struct Connections {
-    router: Router,
+struct Connections<S> {
+    router: S,
     builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     graceful: hyper_util::server::graceful::GracefulShutdown,
 }
 
-impl Connections {
-    fn new(router: Router) -> Connections {
+/// What a serving thread runs: the gateway's whole service (see [`router`]).
+pub trait App:
+    tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+impl<S: App> Connections<S> {
+    fn new(router: S) -> Connections<S> {
         use hyper_util::rt::{TokioExecutor, TokioTimer};
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -138,9 +162,9 @@ impl Connections {
 /// wakes no other thread — on a small machine those wake-ups cost more than the proxying
 /// (BENCHMARKS.md, "The gateway against nginx"). This task accepts and hands each connection
 /// to the next thread in turn.
-pub async fn serve_on_threads(
+pub async fn serve_on_threads<S: App>(
     listener: tokio::net::TcpListener,
-    make_router: Arc<dyn Fn() -> Router + Send + Sync>,
+    make_router: Arc<dyn Fn() -> S + Send + Sync>,
     threads: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -149,10 +173,11 @@ pub async fn serve_on_threads(
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     let here = Connections::new(make_router());
     let mut others = Vec::new();
-    let mut joins = Vec::new();
+    let mut finished = Vec::new();
     for i in 1..threads.max(1) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Slot)>();
         let make_router = make_router.clone();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
@@ -170,12 +195,13 @@ pub async fn serve_on_threads(
                         }
                     }
                     connections.graceful.shutdown().await;
+                    let _ = done.send(());
                 });
             });
         match spawned {
-            Ok(join) => {
+            Ok(_) => {
                 others.push(tx);
-                joins.push(join);
+                finished.push(done_rx);
             }
             Err(e) => tracing::warn!(error = %e, "cannot start a serving thread; using fewer"),
         }
@@ -226,13 +252,12 @@ pub async fn serve_on_threads(
     drop(listener);
     drop(others);
     here.graceful.shutdown().await;
-    // The other threads finish their connections too; waited for off this runtime's thread.
-    let _ = tokio::task::spawn_blocking(move || {
-        for join in joins {
-            let _ = join.join();
-        }
-    })
-    .await;
+    // The other threads finish their connections too. Awaited, never joined: the caller bounds
+    // this whole wait (the shutdown grace, a second signal), and when it stops waiting the
+    // process exits with those threads, instead of blocking on them.
+    for done in finished {
+        let _ = done.await;
+    }
 }
 
 /// The longest the migrations may take at start.
@@ -329,7 +354,12 @@ pub async fn store(
 /// The gateway's routes around `proxied`, the service behind `/workspaces/{id}/a2a[/…]`
 /// (the proxy wrapped in the budget layer; the load bench passes the bare proxy as its
 /// baseline).
-pub fn router<S>(proxied: S, api: BudgetApi, metrics: PrometheusHandle, health: Health) -> Router
+pub fn router<S>(
+    proxied: S,
+    api: BudgetApi,
+    metrics: PrometheusHandle,
+    health: Health,
+) -> impl App + Sync
 where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
         + Clone
@@ -361,7 +391,12 @@ where
     // Around the router as one stack, not with `Router::layer`: that wraps every route in each
     // layer and boxes it again, and axum clones the matched route per request — 21 nested boxes
     // and 29 allocations per proxied request (BENCHMARKS.md, "The gateway against nginx").
-    let layered = tower::ServiceBuilder::new()
+    //
+    // Served as it is, not as an axum `Router`'s fallback: a router at the top treats every
+    // response as its own (a `Content-Length` added, a HEAD body emptied), and proxied
+    // responses must pass as the agent sent them.
+    tower::ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
         .layer(SetSensitiveRequestHeadersLayer::new([
             http::header::AUTHORIZATION,
         ]))
@@ -376,8 +411,7 @@ where
         )
         .layer(middleware::from_fn(track))
         .layer(CatchPanicLayer::custom(panic_response))
-        .service(routes);
-    Router::new().fallback_service(layered)
+        .service(routes)
 }
 
 /// `/workspaces/{id}/a2a[/{rest}]` (a non-empty `id`) to `proxied`, the rest to `others`: the

@@ -66,7 +66,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // What still runs after `run` gave up waiting (connections past the grace, a blocking
+    // lookup) does not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
