@@ -19,7 +19,7 @@
 //!    active workspace.
 //!
 //! `PROXY_ROUNDS` (default 6), `PROXY_SECONDS` (default 5), `PROXY_SCALE=0` skips part 3,
-//! `PROXY_SCALE_ONLY=1` runs part 3 alone.
+//! `PROXY_SCALE_ONLY=1` runs part 3 alone, `PROXY_GATEWAY_ARGS` adds flags to its gateway.
 //! Run with `scripts/bench --bench proxy`.
 
 #[path = "../tests/common/gateway.rs"]
@@ -525,19 +525,19 @@ fn scale(
     rt.block_on(pg::admin_execute(&format!(
         "VACUUM ANALYZE {schema}.workspaces"
     )));
+    // `PROXY_GATEWAY_ARGS`: extra flags for this gateway (for experiments, e.g. another TTL).
+    let extra = std::env::var("PROXY_GATEWAY_ARGS").unwrap_or_default();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        gateway::ADMIN,
+        "--database-url",
+        db,
+    ];
+    args.extend(extra.split_whitespace());
     let started = Instant::now();
-    let gw = gateway::Gateway::start_binary(
-        shipped,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            gateway::ADMIN,
-            "--database-url",
-            db,
-        ],
-        &[],
-    );
+    let gw = gateway::Gateway::start_binary(shipped, &args, &[]);
     let startup = started.elapsed();
     let pid = gw.child.id();
     println!("\n## 1,000,000 registered workspaces\n");
