@@ -481,11 +481,13 @@ async fn no_long_ttl_without_the_trigger() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(healthy.0.ttl(), Duration::from_secs(30));
+    assert_eq!(healthy.0.registration_ttl(), Duration::from_secs(300));
     // Give the broken one as long again and a few retries (backoff starts at 100 ms).
     let connected_at = Instant::now();
     while connected_at.elapsed() < Duration::from_secs(2) {
         assert!(!broken.1.is_connected(), "connected without the trigger");
         assert_eq!(broken.0.ttl(), Duration::from_secs(1));
+        assert_eq!(broken.0.registration_ttl(), Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A trigger disabled while connected is noticed by the next probe (every 2 s).
@@ -495,7 +497,10 @@ async fn no_long_ttl_without_the_trigger() {
     ))
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while healthy.1.is_connected() || healthy.0.ttl() != Duration::from_secs(1) {
+    while healthy.1.is_connected()
+        || healthy.0.ttl() != Duration::from_secs(1)
+        || healthy.0.registration_ttl() != Duration::from_secs(1)
+    {
         assert!(
             Instant::now() < deadline,
             "a disabled trigger went unnoticed"

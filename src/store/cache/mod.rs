@@ -57,6 +57,10 @@ pub const MAX_REFUSAL_AGE: Duration = Duration::from_secs(1);
 
 /// How long a cached answer may be served under a TTL.
 trait MaxAge {
+    /// Registrations are served under the registration TTL
+    /// ([`CachingStore::set_registration_ttl`]), everything else under the decision TTL.
+    const REGISTRATION: bool = false;
+
     fn max_age(&self, ttl: Duration) -> Duration {
         ttl
     }
@@ -72,7 +76,9 @@ impl MaxAge for BudgetStatus {
     }
 }
 
-impl MaxAge for Registration {}
+impl MaxAge for Registration {
+    const REGISTRATION: bool = true;
+}
 impl MaxAge for (Limits, PerPeriod<Option<Duration>>) {}
 
 type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
@@ -146,6 +152,8 @@ pub struct CachingStore<S: ?Sized> {
     inner: Arc<S>,
     /// The TTL in nanoseconds: a change feed lengthens it while it is connected.
     ttl_nanos: AtomicU64,
+    /// The registration TTL in nanoseconds, or [`FOLLOW_TTL`].
+    registration_ttl_nanos: AtomicU64,
     capacity: usize,
     status: RwLock<Entries<BudgetStatus>>,
     retry: RwLock<Entries<(Limits, PerPeriod<Option<Duration>>)>>,
@@ -261,6 +269,7 @@ impl<S: ?Sized> CachingStore<S> {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             inner,
             ttl_nanos: AtomicU64::new(nanos(ttl)),
+            registration_ttl_nanos: AtomicU64::new(FOLLOW_TTL),
             capacity: capacity.max(1),
             status: RwLock::default(),
             retry: RwLock::default(),
@@ -294,6 +303,32 @@ impl<S: ?Sized> CachingStore<S> {
     /// time they were loaded).
     pub fn set_ttl(&self, ttl: Duration) {
         self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+    }
+
+    /// How long a registration (agent URL, token hash) is served: the decision TTL unless
+    /// [`set_registration_ttl`](Self::set_registration_ttl) said otherwise.
+    pub fn registration_ttl(&self) -> Duration {
+        match self.registration_ttl_nanos.load(Ordering::Relaxed) {
+            FOLLOW_TTL => self.ttl(),
+            n => Duration::from_nanos(n),
+        }
+    }
+
+    /// Serves registrations for `ttl` from now on (`None`: the decision TTL). Registrations
+    /// change far less often than spend and every change is a write, so with a change feed
+    /// that drops them (the Postgres listener sets 10x the decision TTL while connected) they
+    /// can live longer: with many active workspaces that halves the lookups a TTL expiry costs.
+    pub fn set_registration_ttl(&self, ttl: Option<Duration>) {
+        let n = ttl.map_or(FOLLOW_TTL, |t| nanos(t).min(FOLLOW_TTL - 1));
+        self.registration_ttl_nanos.store(n, Ordering::Relaxed);
+    }
+
+    fn ttl_for<T: MaxAge>(&self) -> Duration {
+        if T::REGISTRATION {
+            self.registration_ttl()
+        } else {
+            self.ttl()
+        }
     }
 
     /// Caches token lookups (off by default). Turn it on only while something calls
@@ -392,7 +427,7 @@ impl<S: ?Sized> CachingStore<S> {
         started: Instant,
         now: Instant,
     ) -> bool {
-        let ttl = self.ttl();
+        let ttl = self.ttl_for::<T>();
         let max_age = match answer {
             Ok(v) => v.max_age(ttl),
             Err(_) => ttl,
@@ -475,9 +510,9 @@ impl<S: ?Sized> CachingStore<S> {
         load
     }
 
-    fn make_room<T>(&self, entries: &mut Entries<T>, now: Instant) {
+    fn make_room<T: MaxAge>(&self, entries: &mut Entries<T>, now: Instant) {
         if now >= entries.next_sweep {
-            let ttl = self.ttl();
+            let ttl = self.ttl_for::<T>();
             entries
                 .map
                 .retain(|_, s| s.load.peek().is_none() || now < s.started + ttl);
@@ -547,6 +582,9 @@ fn shared_error(e: Arc<StoreError>) -> StoreError {
         _ => StoreError::Unavailable(Box::new(e)),
     }
 }
+
+/// `registration_ttl_nanos` when registrations follow the decision TTL.
+const FOLLOW_TTL: u64 = u64::MAX;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

@@ -40,6 +40,10 @@ pub const DEFAULT_CONNECTED_TTL: Duration = Duration::from_secs(30);
 /// Default TTL while it is not.
 pub const DEFAULT_DISCONNECTED_TTL: Duration = Duration::from_secs(1);
 
+/// While connected, registrations are cached this many times the decision TTL (300 s by
+/// default): they change rarely, every change is notified, and each expiry costs a lookup.
+pub const CONNECTED_REGISTRATION_TTL_FACTOR: u32 = 10;
+
 /// Settings for [`ChangeListener::spawn`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -238,6 +242,7 @@ impl ChangeListener {
             if let Some(cache) = weak.upgrade() {
                 cache.set_token_caching(false);
                 cache.set_ttl(options.disconnected_ttl);
+                cache.set_registration_ttl(None);
             }
         });
         ChangeListener {
@@ -386,12 +391,18 @@ fn disconnected<S: ?Sized>(
     // The short TTL first: nothing reads "not connected" while the long one still applies.
     cache.set_token_caching(false);
     cache.set_ttl(options.disconnected_ttl);
+    cache.set_registration_ttl(None);
     state.0.store(false, Ordering::Release);
     metrics::gauge!("tower_budget_listener_connected").set(0.0);
 }
 
 fn connected<S: ?Sized>(cache: &CachingStore<S>, options: &ListenOptions, state: &ListenerState) {
     cache.set_ttl(options.connected_ttl);
+    cache.set_registration_ttl(Some(
+        options
+            .connected_ttl
+            .saturating_mul(CONNECTED_REGISTRATION_TTL_FACTOR),
+    ));
     cache.set_token_caching(true);
     state.0.store(true, Ordering::Release);
     metrics::gauge!("tower_budget_listener_connected").set(1.0);

@@ -49,8 +49,9 @@ mod sql;
 
 pub use deadpool_postgres;
 pub use listen::{
-    ChangeListener, ListenOptions, ListenTls, ListenerState, CHANNEL, DEFAULT_CONNECTED_TTL,
-    DEFAULT_DISCONNECTED_TTL, LISTEN_APPLICATION_NAME,
+    ChangeListener, ListenOptions, ListenTls, ListenerState, CHANNEL,
+    CONNECTED_REGISTRATION_TTL_FACTOR, DEFAULT_CONNECTED_TTL, DEFAULT_DISCONNECTED_TTL,
+    LISTEN_APPLICATION_NAME,
 };
 pub use migrate::{migrate, MigrateError};
 pub use tokio_postgres;
