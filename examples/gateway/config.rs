@@ -38,7 +38,7 @@ pub struct Config {
     /// How many workspaces the decision and registration caches hold (about 1 KiB each, so the
     /// default bounds them near 250 MiB); when full, expired entries go first, then arbitrary
     /// ones, whose next calls ask the store again. Size it above the number of workspaces active
-    /// within the cache TTL.
+    /// within the registration TTL (300 s with PostgreSQL).
     #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = crate::app::DEFAULT_CACHE_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub cache_capacity: u64,
 

@@ -198,6 +198,15 @@ impl LastKnown {
         }
     }
 
+    /// Records `registration`, served from a current cache entry, unless it is already there.
+    fn remember(&self, workspace: &WorkspaceId, registration: &Registration) {
+        if read_lock(&self.map).get(workspace) == Some(registration) {
+            return;
+        }
+        let mut map = write_lock(&self.map);
+        self.insert(&mut map, workspace, registration);
+    }
+
     /// A registration write: what loads in flight bring back is stale; `now` is the new value
     /// when the write said what it is.
     fn replace(&self, workspace: &WorkspaceId, now: Option<&Registration>) {
@@ -776,6 +785,20 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
+        // A hit puts its answer back as the last known registration when that went missing (a
+        // load whose recording a concurrent write elsewhere skipped, or a clear): with a long
+        // registration TTL the next load may be minutes away, and the store may be down by then.
+        // Done under the entry's read lock, so a write that drops the entry (and then the last
+        // known one) cannot be overtaken.
+        let hit = self.peek(&self.registration, workspace, |answer, _| {
+            if let Ok(registration) = &answer {
+                self.last_known.remember(workspace, registration);
+            }
+            answer.cloned()
+        });
+        if let Some(answer) = hit {
+            return answer;
+        }
         let last_known = self.last_known.clone();
         self.get(&self.registration, workspace, move |inner, ws| {
             let since = last_known.epoch();
