@@ -164,29 +164,26 @@ pub struct CachingStore<S: ?Sized> {
     tokens: tokens::Tokens,
 }
 
-/// The last registration per workspace, bounded. Recorded on the miss path only, when a load
-/// completes — and only if no registration write happened since that load started (`epoch`), so
-/// a lookup that raced a DELETE cannot bring the deleted URL back.
+/// The last registration per workspace, bounded. Recorded when a load completes — if the
+/// load's cache entry is still the workspace's entry (`current`), so a lookup that raced a
+/// DELETE or a move cannot bring the old URL back: every write that changes a registration
+/// first drops the entry (under the map's write lock, which clears `current`) and then takes
+/// this map's lock. Lock order: a cache map's lock is never taken while this one is held.
 struct LastKnown {
     map: RwLock<HashMap<WorkspaceId, Registration, foldhash::fast::RandomState>>,
-    epoch: AtomicU64,
     capacity: usize,
 }
 
 impl LastKnown {
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Records a load's answer, unless a registration write came after the load started.
+    /// Records a load's answer, unless its cache entry was dropped since it started.
     fn record(
         &self,
         workspace: &WorkspaceId,
         answer: &Result<Registration, StoreError>,
-        since: u64,
+        current: &AtomicBool,
     ) {
         let mut map = write_lock(&self.map);
-        if self.epoch() != since {
+        if !current.load(Ordering::Acquire) {
             return;
         }
         match answer {
@@ -198,20 +195,10 @@ impl LastKnown {
         }
     }
 
-    /// Records `registration`, served from a current cache entry, unless it is already there.
-    fn remember(&self, workspace: &WorkspaceId, registration: &Registration) {
-        if read_lock(&self.map).get(workspace) == Some(registration) {
-            return;
-        }
-        let mut map = write_lock(&self.map);
-        self.insert(&mut map, workspace, registration);
-    }
-
     /// A registration write: what loads in flight bring back is stale; `now` is the new value
     /// when the write said what it is.
     fn replace(&self, workspace: &WorkspaceId, now: Option<&Registration>) {
         let mut map = write_lock(&self.map);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         match now {
             Some(registration) => self.insert(&mut map, workspace, registration),
             None => {
@@ -220,11 +207,10 @@ impl LastKnown {
         }
     }
 
-    /// Forgets everything; loads in flight do not record their answers.
+    /// Forgets everything (the cache's entries were dropped first, so loads in flight do not
+    /// record their answers).
     fn clear(&self) {
-        let mut map = write_lock(&self.map);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        map.clear();
+        write_lock(&self.map).clear();
     }
 
     fn insert(
@@ -285,7 +271,6 @@ impl<S: ?Sized> CachingStore<S> {
             registration: RwLock::default(),
             last_known: Arc::new(LastKnown {
                 map: RwLock::default(),
-                epoch: AtomicU64::new(0),
                 capacity: capacity.max(1),
             }),
             tokens: tokens::Tokens::default(),
@@ -454,19 +439,20 @@ impl<S: ?Sized> CachingStore<S> {
     ) -> Result<T, StoreError>
     where
         T: Clone + MaxAge + Send + Sync + 'static,
-        F: FnOnce(Arc<S>, WorkspaceId) -> Fut,
+        F: FnOnce(Arc<S>, WorkspaceId, Arc<AtomicBool>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         if let Some(answer) = self.cached(entries, workspace) {
             return answer;
         }
-        let load = self.load(entries, workspace, || {
-            fetch(self.inner.clone(), workspace.clone())
+        let load = self.load(entries, workspace, |current| {
+            fetch(self.inner.clone(), workspace.clone(), current)
         });
         self.finish(entries, workspace, load).await
     }
 
-    /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`.
+    /// Returns the cached or shared in-flight load for `workspace`, or starts one with `start`
+    /// (given the new entry's `current` flag, cleared when the entry leaves the map).
     fn load<T, F, Fut>(
         &self,
         entries: &RwLock<Entries<T>>,
@@ -475,7 +461,7 @@ impl<S: ?Sized> CachingStore<S> {
     ) -> Load<T>
     where
         T: Clone + MaxAge + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce(Arc<AtomicBool>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
@@ -504,7 +490,11 @@ impl<S: ?Sized> CachingStore<S> {
         CacheMetrics::get().miss.increment(1);
         // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
         // it to the next one, which finds it in the map and carries on from where it stopped.
-        let load: Load<T> = start().map(|r| r.map_err(Arc::new)).boxed().shared();
+        let current = Arc::new(AtomicBool::new(true));
+        let load: Load<T> = start(current.clone())
+            .map(|r| r.map_err(Arc::new))
+            .boxed()
+            .shared();
         if entries.map.len() >= self.capacity && !entries.map.contains_key(workspace) {
             self.make_room(&mut entries, now);
         }
@@ -513,7 +503,7 @@ impl<S: ?Sized> CachingStore<S> {
             Slot {
                 load: load.clone(),
                 started: now,
-                current: Arc::new(AtomicBool::new(true)),
+                current,
             },
         );
         load
@@ -651,7 +641,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
-        self.get(&self.status, workspace, |inner, ws| async move {
+        self.get(&self.status, workspace, |inner, ws, _| async move {
             inner.status(&ws).await
         })
         .await
@@ -675,7 +665,7 @@ impl<S: BudgetStore + ?Sized> BudgetStore for CachingStore<S> {
                 entries.map.remove(workspace);
             }
         }
-        let load = self.load(&self.retry, workspace, || {
+        let load = self.load(&self.retry, workspace, |_| {
             let (inner, ws) = (self.inner.clone(), workspace.clone());
             async move { inner.retry_after(&ws, &over).await.map(|r| (over, r)) }
         });
@@ -785,29 +775,16 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
     }
 
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
-        // A hit puts its answer back as the last known registration when that went missing (a
-        // load whose recording a concurrent write elsewhere skipped, or a clear): with a long
-        // registration TTL the next load may be minutes away, and the store may be down by then.
-        // Done under the entry's read lock, so a write that drops the entry (and then the last
-        // known one) cannot be overtaken.
-        let hit = self.peek(&self.registration, workspace, |answer, _| {
-            if let Ok(registration) = &answer {
-                self.last_known.remember(workspace, registration);
-            }
-            answer.cloned()
-        });
-        if let Some(answer) = hit {
-            return answer;
-        }
         let last_known = self.last_known.clone();
-        self.get(&self.registration, workspace, move |inner, ws| {
-            let since = last_known.epoch();
-            async move {
+        self.get(
+            &self.registration,
+            workspace,
+            move |inner, ws, current| async move {
                 let answer = inner.registration(&ws).await;
-                last_known.record(&ws, &answer, since);
+                last_known.record(&ws, &answer, &current);
                 answer
-            }
-        })
+            },
+        )
         .await
     }
 
