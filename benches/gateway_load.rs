@@ -32,21 +32,15 @@ mod pg;
 #[path = "../examples/gateway/proxy.rs"]
 #[allow(dead_code, unused_imports)]
 mod proxy;
+#[path = "common/wrk.rs"]
+mod wrk;
 
 use std::path::Path;
 use std::process::Command;
 
+use wrk::{percentile, requests_per_second, setting, wrk};
+
 const WARM_UP: &str = "1s";
-const CONNECTIONS: &str = "32";
-const THREADS: &str = "2";
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Run {
     name: &'static str,
     rps: f64,
@@ -118,47 +112,6 @@ fn serve_baseline(args: &[String]) {
     });
 }
 
-fn wrk(url: &str, script: &Path, duration: &str) -> String {
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            THREADS,
-            "-c",
-            CONNECTIONS,
-            "-d",
-            duration,
-            "--latency",
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    assert!(
-        out.status.success(),
-        "wrk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// "50%  1.23ms" → milliseconds.
-fn percentile(report: &str, label: &str) -> f64 {
-    let line = report
-        .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .expect(label);
-    let value = line.split_whitespace().nth(1).unwrap();
-    let (number, unit) = value.split_at(value.find(|c: char| c.is_alphabetic()).unwrap());
-    let n: f64 = number.parse().unwrap();
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        other => panic!("unit {other}"),
-    }
-}
-
 fn measure(name: &'static str, url: &str, script: &Path, pid: Option<u32>, duration: &str) -> Run {
     wrk(url, script, WARM_UP);
     let before = pid.map(cpu_ticks);
@@ -170,13 +123,7 @@ fn measure(name: &'static str, url: &str, script: &Path, pid: Option<u32>, durat
         !report.contains("Non-2xx"),
         "{name}: errors under load:\n{report}"
     );
-    let rps = report
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .expect("Requests/sec")
-        .trim()
-        .parse()
-        .unwrap();
+    let rps = requests_per_second(&report);
     let requests: f64 = report
         .lines()
         .find(|l| l.contains("requests in"))

@@ -28,33 +28,20 @@ mod gateway;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+#[path = "common/wrk.rs"]
+mod wrk;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use pg::free_port;
+use wrk::{percentile, requests_per_second, setting, wrk, CONNECTIONS};
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message":{"messageId":"m","role":"ROLE_USER","parts":[{"text":"ping"}]}}}"#;
 const ANSWER: &str = r#"{"jsonrpc":"2.0","id":"1","result":{"kind":"message","messageId":"r","role":"agent","parts":[{"kind":"text","text":"pong"}]}}"#;
-const CONNECTIONS: usize = 32;
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An nginx started by this process (master in the foreground, stopped by PID on drop).
 struct Nginx {
@@ -124,47 +111,6 @@ impl Drop for Nginx {
     }
 }
 
-fn wrk(url: &str, script: &Path, duration: &str) -> String {
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            &CONNECTIONS.to_string(),
-            "-d",
-            duration,
-            "--latency",
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    assert!(
-        out.status.success(),
-        "wrk: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// "50%  1.23ms" → milliseconds.
-fn percentile(report: &str, label: &str) -> f64 {
-    let line = report
-        .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .expect(label);
-    let value = line.split_whitespace().nth(1).unwrap();
-    let (number, unit) = value.split_at(value.find(|c: char| c.is_alphabetic()).unwrap());
-    let n: f64 = number.parse().unwrap();
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        other => panic!("unit {other}"),
-    }
-}
-
 struct Saturation {
     rps: f64,
     p50: f64,
@@ -178,15 +124,8 @@ fn saturate(name: &str, url: &str, script: &Path, seconds: usize) -> Saturation 
         !report.contains("Non-2xx") && !report.contains("Socket errors"),
         "{name}: errors under load:\n{report}"
     );
-    let rps = report
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .expect("Requests/sec")
-        .trim()
-        .parse()
-        .unwrap();
     Saturation {
-        rps,
+        rps: requests_per_second(&report),
         p50: percentile(&report, "50%"),
         p99: percentile(&report, "99%"),
     }
