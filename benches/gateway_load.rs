@@ -23,6 +23,9 @@ mod app;
 #[path = "../examples/gateway/card.rs"]
 #[allow(dead_code, unused_imports)]
 mod card;
+#[path = "common/cpu.rs"]
+#[allow(dead_code)]
+mod cpu;
 #[path = "../tests/common/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
@@ -36,8 +39,8 @@ mod proxy;
 mod wrk;
 
 use std::path::Path;
-use std::process::Command;
 
+use cpu::{cpu_ticks, ticks_per_second};
 use wrk::{percentile, requests_per_second, setting, wrk};
 
 const WARM_UP: &str = "1s";
@@ -48,20 +51,6 @@ struct Run {
     p99_ms: f64,
     /// CPU time (user + system) the gateway process spent per request; NaN for the direct run.
     cpu_us: f64,
-}
-
-/// user + system CPU ticks of `pid` so far (fields 14 and 15 of /proc/PID/stat).
-fn cpu_ticks(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after the name, field 3 of the man page is index 0: utime is 14 → 11, stime 15 → 12
-    fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()
-}
-
-fn ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// The baseline: this binary, run with `--serve-baseline [--database-url URL] [--listen ADDR]`,

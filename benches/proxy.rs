@@ -22,6 +22,8 @@
 //! `PROXY_SCALE_ONLY=1` runs part 3 alone, `PROXY_GATEWAY_ARGS` adds flags to its gateway.
 //! Run with `scripts/bench --bench proxy`.
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "../tests/common/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
@@ -486,26 +488,33 @@ fn scale(
         rss_kib(pid)
     );
     println!(
-        "| active workspaces | requests/s | p50 | p99 | RSS after |\n|---:|---:|---:|---:|---:|"
+        "| active workspaces | requests/s | p50 | p99 | RSS after | gateway CPU / request | postgres CPU / request |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     let url = format!("http://{}/", gw.addr);
     let mut rss = Vec::new();
     let mut first_rps = None;
+    let ticks_per_second = cpu::ticks_per_second();
     for n in [10usize, 1_000, 100_000] {
         let script = spread_script(dir, n);
         // Warm-up: every active workspace seen, and with many of them past the 30 s decision
         // TTL, so the measured stretch pays the steady state's refreshes, not a cold start.
         wrk(&url, &script, if n > 10_000 { "35s" } else { "2s" });
-        let s = saturate(&format!("{n} active"), &url, &script, seconds);
+        let (gateway0, postgres0) = (cpu::cpu_ticks(pid), cpu::cpu_ticks_named("postgres"));
+        let report = wrk(&url, &script, &format!("{seconds}s"));
+        let (gateway1, postgres1) = (cpu::cpu_ticks(pid), cpu::cpu_ticks_named("postgres"));
+        assert!(!report.contains("Non-2xx"), "{n} active: errors:\n{report}");
+        let rps = requests_per_second(&report);
+        let per_request = |ticks: f64| ticks / ticks_per_second * 1e6 / (rps * seconds as f64);
         let kib = rss_kib(pid);
         rss.push((n, kib));
-        let base = *first_rps.get_or_insert(s.rps);
+        let base = *first_rps.get_or_insert(rps);
         println!(
-            "| {n} | {:.0} ({:.2}x) | {:.2} ms | {:.2} ms | {kib} KiB |",
-            s.rps,
-            s.rps / base,
-            s.p50,
-            s.p99
+            "| {n} | {rps:.0} ({:.2}x) | {:.2} ms | {:.2} ms | {kib} KiB | {:.1} µs | {:.1} µs |",
+            rps / base,
+            percentile(&report, "50%"),
+            percentile(&report, "99%"),
+            per_request(gateway1 - gateway0),
+            per_request(postgres1 - postgres0),
         );
     }
     let (n0, k0) = rss[0];
