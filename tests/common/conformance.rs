@@ -43,6 +43,7 @@ macro_rules! conformance_tests {
             outbox_order_lease_retry_and_expiry,
             history_against_brute_force_on_random_ledgers,
             list_reports_agree_with_each_report,
+            concurrent_statuses_are_each_exact,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -1362,4 +1363,49 @@ pub async fn list_reports_agree_with_each_report<S: BudgetStore>(store: S, clock
         assert_eq!(want.retry_after, waits, "seed {seed}, {id}");
     }
     assert!(exceeded > 0, "seed {seed}: no wait to compare");
+}
+
+/// Many status reads at once (a store may answer them together): each is the answer a read
+/// alone gives, unknown and removed workspaces included.
+pub async fn concurrent_statuses_are_each_exact<S: BudgetStore>(store: S, clock: ManualClock) {
+    clock.set(t0());
+    let mut ids = Vec::new();
+    for i in 0..40i64 {
+        let id = format!("c-{i:02}");
+        store.register(&ws(&id)).await.unwrap();
+        set_limits(
+            &store,
+            &id,
+            &[
+                (Period::HOURLY, Some(100 + i)),
+                (Period::DAILY, Some(5 * i)),
+            ],
+        )
+        .await;
+        store
+            .record_heartbeat(&Heartbeat::new(ws(&id), Some(3 * i + 1), None))
+            .await
+            .unwrap();
+        if i % 10 == 9 {
+            store.remove(&ws(&id)).await.unwrap();
+        }
+        ids.push(ws(&id));
+    }
+    ids.push(ws("nobody"));
+    let mut alone = Vec::new();
+    for id in &ids {
+        alone.push(store.status(id).await.map_err(|e| e.to_string()));
+    }
+    assert!(
+        alone.iter().filter(|a| a.is_err()).count() == 5,
+        "{alone:?}"
+    );
+    for _ in 0..3 {
+        let together = futures_util::future::join_all(ids.iter().map(|id| store.status(id))).await;
+        let together: Vec<_> = together
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(together, alone);
+    }
 }

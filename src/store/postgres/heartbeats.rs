@@ -139,22 +139,22 @@ impl Heartbeats {
 }
 
 /// The longest a group waits for a pooled connection (the pool's default wait timeout).
-const POOL_WAIT: Duration = Duration::from_secs(2);
+pub(super) const POOL_WAIT: Duration = Duration::from_secs(2);
 
 /// The report's group was not written and no answer came back (the runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the heartbeat's group was not written")]
-struct GroupLost;
+pub(super) struct GroupLost;
 
 /// The report was not answered in time (queued behind slow groups, or its group still running).
 #[derive(Debug, thiserror::Error)]
 #[error("the heartbeat was not written within {0:?}")]
-struct Waited(Duration);
+pub(super) struct Waited(pub(super) Duration);
 
 /// More reports are waiting than the queue holds.
 #[derive(Debug, thiserror::Error)]
 #[error("too many heartbeats waiting to be written")]
-struct QueueFull;
+pub(super) struct QueueFull;
 
 /// Takes what is queued, up to a group, whenever the previous group is written; ends with the
 /// queue.
@@ -265,7 +265,7 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
 
 /// A group's error, handed to each of its reports.
 #[derive(Debug)]
-struct SharedError(std::sync::Arc<StoreError>);
+pub(super) struct SharedError(pub(super) std::sync::Arc<StoreError>);
 
 impl std::fmt::Display for SharedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -45,6 +45,7 @@ use crate::WorkspaceId;
 mod heartbeats;
 mod listen;
 mod migrate;
+mod reads;
 mod sql;
 
 pub use deadpool_postgres;
@@ -236,6 +237,8 @@ pub struct PgStore {
     query_timeout: Duration,
     /// Concurrent heartbeats share a transaction (see `heartbeats`).
     heartbeats: Arc<heartbeats::Heartbeats>,
+    /// Concurrent status reads share a statement (see `reads`).
+    reads: Arc<reads::StatusReads>,
 }
 
 /// The database did not answer a store call in time.
@@ -253,6 +256,7 @@ impl PgStore {
                 pool.clone(),
                 DEFAULT_QUERY_TIMEOUT,
             )),
+            reads: Arc::new(reads::StatusReads::new(pool.clone(), DEFAULT_QUERY_TIMEOUT)),
             pool,
             clock: None,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
@@ -273,6 +277,7 @@ impl PgStore {
     pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
         self.query_timeout = timeout;
         self.heartbeats = Arc::new(heartbeats::Heartbeats::new(self.pool.clone(), timeout));
+        self.reads = Arc::new(reads::StatusReads::new(self.pool.clone(), timeout));
         self
     }
 
@@ -494,14 +499,7 @@ impl BudgetStore for PgStore {
     }
 
     async fn status(&self, workspace: &WorkspaceId) -> Result<BudgetStatus, StoreError> {
-        let row = self
-            .query_opt(
-                &sql::STATUS,
-                vec![Box::new(workspace.to_string()), Box::new(self.now())],
-            )
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(status_of(&row))
+        self.reads.status(workspace, self.now()).await
     }
 
     async fn report(&self, workspace: &WorkspaceId) -> Result<BudgetReport, StoreError> {

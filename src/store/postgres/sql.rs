@@ -76,6 +76,17 @@ WHERE w.id = {ws} AND {LIVE}",
     )
 }
 
+/// `$1` workspace ids, `$2` now or NULL → one [`STATUS`] row per live workspace among them,
+/// then `batch_n`, its 1-based position in `$1`: many statuses in one statement.
+pub(super) static STATUS_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT s.*, ids.n AS batch_n
+FROM unnest($1::TEXT[]) WITH ORDINALITY AS ids(id, n)
+CROSS JOIN LATERAL ({}) s",
+        status_select("ids.id", "")
+    )
+});
+
 /// `$1` workspace id, `$2` now or NULL → the [`STATUS`] columns, then `alert_thresholds`, then
 /// one `forecast_{period}` and one `release_{period}` column per period (see [`report_select`]).
 pub(super) static REPORT: LazyLock<String> = LazyLock::new(|| report_select("$1"));
