@@ -1392,12 +1392,15 @@ pub async fn concurrent_statuses_are_each_exact<S: BudgetStore>(store: S, clock:
         ids.push(ws(&id));
     }
     ids.push(ws("nobody"));
+    // The same workspace twice in one batch.
+    ids.push(ws("c-00"));
+    ids.push(ws("c-09"));
     let mut alone = Vec::new();
     for id in &ids {
         alone.push(store.status(id).await.map_err(|e| e.to_string()));
     }
     assert!(
-        alone.iter().filter(|a| a.is_err()).count() == 5,
+        alone.iter().filter(|a| a.is_err()).count() == 6,
         "{alone:?}"
     );
     for _ in 0..3 {

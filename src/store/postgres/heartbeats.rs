@@ -143,17 +143,17 @@ pub(super) const POOL_WAIT: Duration = Duration::from_secs(2);
 
 /// The report's group was not written and no answer came back (the runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
-#[error("the heartbeat's group was not written")]
+#[error("the call's group did not run (the runtime is shutting down, or it overran)")]
 pub(super) struct GroupLost;
 
 /// The report was not answered in time (queued behind slow groups, or its group still running).
 #[derive(Debug, thiserror::Error)]
-#[error("the heartbeat was not written within {0:?}")]
+#[error("the call was not answered within {0:?}")]
 pub(super) struct Waited(pub(super) Duration);
 
 /// More reports are waiting than the queue holds.
 #[derive(Debug, thiserror::Error)]
-#[error("too many heartbeats waiting to be written")]
+#[error("too many calls waiting for the database")]
 pub(super) struct QueueFull;
 
 /// Takes what is queued, up to a group, whenever the previous group is written; ends with the

@@ -10,9 +10,11 @@
 //! (BENCHMARKS.md, "1,000,000 registered workspaces"): at 100,000 active workspaces, Postgres CPU
 //! per proxied request 42.8 → 24.1 µs and the gateway's 72.7 → 64.2 µs. The price is up to
 //! [`WINDOW`] (plus the timer's tick) on a cache miss, well inside the check timeout.
-//! Up to [`IN_FLIGHT`] groups are read at once; a caller that stops waiting (a timed-out check)
-//! is left out of its group; each group holds one clock reading (the injected clock's, in
-//! tests; with the database's clock, all reads share one).
+//! Up to [`IN_FLIGHT`] groups are read at once, each bounded as a whole; a caller that stops
+//! waiting (a timed-out check) is left out of its group; a group's reads with different clock
+//! readings (an injected clock) go as one statement per reading, side by side. One reader serves
+//! the process: it runs on the runtime that first read, so a miss on another serving thread
+//! wakes that one (misses only; a hit never reaches it).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +33,7 @@ const MAX_GROUP: usize = 128;
 /// How long the first read of a group waits for others.
 const WINDOW: Duration = Duration::from_millis(1);
 /// Groups read at the same time.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 8;
 /// Reads waiting; beyond it a read is refused at once.
 const QUEUE: usize = 4_096;
 
@@ -113,7 +115,13 @@ impl StatusReads {
 
 async fn read_groups(mut queue: mpsc::Receiver<Read>, pool: Pool, query_timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    // The longest a group may take, pool wait included: its callers stop waiting by then.
+    let limit = 2 * (query_timeout + POOL_WAIT);
     while let Some(first) = queue.recv().await {
+        // The permit first: a group gathered before it could go stale while it waits.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + WINDOW;
         let mut group = Vec::with_capacity(MAX_GROUP);
         group.push(first);
@@ -127,24 +135,35 @@ async fn read_groups(mut queue: mpsc::Receiver<Read>, pool: Pool, query_timeout:
         if group.is_empty() {
             continue;
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
         let pool = pool.clone();
         tokio::spawn(async move {
-            read(group, pool, query_timeout).await;
+            // Overrun (a pool without timeouts): the answers are dropped, callers get GroupLost.
+            let _ = tokio::time::timeout(limit, read(group, pool, query_timeout)).await;
             drop(permit);
         });
     }
 }
 
+/// One statement per clock reading in `group` (one for all with the database's clock), run
+/// side by side; every read gets its own answer (or its statement's error).
 async fn read(group: Vec<Read>, pool: Pool, query_timeout: Duration) {
-    // One statement per clock reading (one for all with the database's clock).
-    let at = group[0].at;
-    let (now, later): (Vec<Read>, Vec<Read>) = group.into_iter().partition(|r| r.at == at);
-    if !later.is_empty() {
-        Box::pin(read(later, pool.clone(), query_timeout)).await;
+    let mut by_clock: Vec<Vec<Read>> = Vec::new();
+    for read in group {
+        match by_clock.iter_mut().find(|g| g[0].at == read.at) {
+            Some(same) => same.push(read),
+            None => by_clock.push(vec![read]),
+        }
     }
+    futures_util::future::join_all(
+        by_clock
+            .into_iter()
+            .map(|reads| read_at(reads, pool.clone(), query_timeout)),
+    )
+    .await;
+}
+
+async fn read_at(now: Vec<Read>, pool: Pool, query_timeout: Duration) {
+    let at = now[0].at;
     let ids: Vec<String> = now.iter().map(|r| r.workspace.clone()).collect();
     let rows = run_on(pool, query_timeout, move |client| {
         Box::pin(async move {
