@@ -94,6 +94,27 @@ async fn report<S: BudgetStore>(
         .unwrap()
 }
 
+/// Reports a random spend (1–999 ¢) for `w` at each of `times` (sorted), each recorded exactly;
+/// the ledger as `(time, delta)`.
+async fn record_ledger<S: BudgetStore>(
+    store: &S,
+    w: &WorkspaceId,
+    times: Vec<DateTime<Utc>>,
+    rng: &mut fastrand::Rng,
+    clock: &ManualClock,
+) -> Vec<(DateTime<Utc>, i64)> {
+    let mut ledger = Vec::new();
+    let mut cumulative = 0;
+    for at in times {
+        let delta = rng.i64(1..1_000);
+        cumulative += delta;
+        clock.set(at);
+        assert_eq!(report(store, w, cumulative, None).await, recorded(delta));
+        ledger.push((at, delta));
+    }
+    ledger
+}
+
 fn recorded(delta: i64) -> HeartbeatOutcome {
     HeartbeatOutcome {
         recorded_delta_cents: delta,
@@ -595,15 +616,7 @@ pub async fn exact_against_brute_force_on_random_ledgers<S: BudgetStore>(
         times.extend(dup);
         times.sort();
 
-        let mut ledger = Vec::new();
-        let mut cumulative = 0;
-        for at in times {
-            let delta = rng.i64(1..1_000);
-            cumulative += delta;
-            clock.set(at);
-            assert_eq!(report(&store, &w, cumulative, None).await, recorded(delta));
-            ledger.push((at, delta));
-        }
+        let ledger = record_ledger(&store, &w, times, &mut rng, &clock).await;
         clock.set(now);
         let status = store.status(&w).await.unwrap();
         let mut over = Limits::none();
@@ -1257,15 +1270,7 @@ pub async fn history_against_brute_force_on_random_ledgers<S: BudgetStore>(
         }
         times.retain(|t| *t <= now && now - *t < kept);
         times.sort();
-        let mut ledger = Vec::new();
-        let mut cumulative = 0;
-        for at in times {
-            let delta = rng.i64(1..1_000);
-            cumulative += delta;
-            clock.set(at);
-            assert_eq!(report(&store, &w, cumulative, None).await, recorded(delta));
-            ledger.push((at, delta));
-        }
+        let ledger = record_ledger(&store, &w, times, &mut rng, &clock).await;
         clock.set(now);
         let buckets = rng.usize(1..60);
         let got = store
