@@ -16,7 +16,7 @@ use tower_budget::api::{BudgetApi, BUDGET_PAGE};
 use tower_budget::store::postgres::{
     migrate, ChangeListener, ListenOptions, ListenerState, PgStore, PoolOptions,
 };
-use tower_budget::store::{CachingStore, MemoryStore, Store, DEFAULT_CACHE_TTL};
+use tower_budget::store::{CachingStore, MemoryStore, Refresher, Store, DEFAULT_CACHE_TTL};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -269,6 +269,10 @@ pub struct Backend {
     pub store: Arc<CachingStore<dyn Store>>,
     /// With PostgreSQL: the change listener (notifications from every replica's writes).
     pub listener: Option<ChangeListener>,
+    /// Reads statuses in use again shortly before they expire, many at once (only while the
+    /// TTL is long: with the listener connected, or a long `--cache-ttl-ms`). Held for its
+    /// lifetime: dropping it stops the refresher.
+    _refresher: Refresher,
 }
 
 impl Backend {
@@ -332,6 +336,7 @@ pub async fn store(
             let listener = ChangeListener::spawn(options.connect_config(url)?, &store, listen);
             tracing::info!("PostgreSQL store, migrations applied");
             Backend {
+                _refresher: store.spawn_refresher(),
                 store,
                 listener: Some(listener),
             }
@@ -339,12 +344,14 @@ pub async fn store(
         None => {
             tracing::info!("in-process store: budgets and spend live in memory and are lost on exit (use --database-url to keep them)");
             let raw: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let store = Arc::new(CachingStore::new(
+                raw,
+                cache_ttl.unwrap_or(DEFAULT_CACHE_TTL),
+                cache_capacity,
+            ));
             Backend {
-                store: Arc::new(CachingStore::new(
-                    raw,
-                    cache_ttl.unwrap_or(DEFAULT_CACHE_TTL),
-                    cache_capacity,
-                )),
+                _refresher: store.spawn_refresher(),
+                store,
                 listener: None,
             }
         }

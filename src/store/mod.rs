@@ -31,6 +31,7 @@ mod registry;
 
 pub use outbox::{AlertOutbox, PendingAlert, ALERT_MAX_AGE};
 
+pub use cache::refresh::{self, Refresher};
 pub use cache::{CachingStore, DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_TTL, MAX_REFUSAL_AGE};
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES_PER_WORKSPACE};
 pub use registry::{Registration, Registry, Store, TokenHash};

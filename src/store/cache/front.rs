@@ -10,12 +10,11 @@
 //! answers, same staleness, same metrics.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{CacheMetrics, CachingStore, MaxAge};
+use super::{CacheMetrics, CachingStore, MaxAge, SlotState};
 use crate::per_thread::Slots;
 use crate::store::BudgetStatus;
 use crate::WorkspaceId;
@@ -35,7 +34,7 @@ struct Entry {
     status: Option<BudgetStatus>,
     /// When the shared entry was loaded; served while the cache's TTL runs from then.
     started: Instant,
-    current: Arc<AtomicBool>,
+    state: Arc<SlotState>,
 }
 
 /// The cached status of `workspace` when fresh (`Some(None)`: unknown to the store).
@@ -55,8 +54,9 @@ pub(super) fn status<S: ?Sized>(
                 e.cache == id
                     && e.workspace == *workspace
                     && now < e.started + e.status.map_or(ttl, |s| s.max_age(ttl))
-                    && e.current.load(Ordering::Acquire)
+                    && e.state.is_current()
             }) {
+                e.state.touch();
                 CacheMetrics::get().hit.increment(1);
                 return Some(e.status);
             }
@@ -66,7 +66,7 @@ pub(super) fn status<S: ?Sized>(
                 workspace: workspace.clone(),
                 status: peeked.status,
                 started: peeked.started,
-                current: peeked.current,
+                state: peeked.state,
             };
             match slot {
                 Some(boxed) => **boxed = entry,

@@ -2,6 +2,7 @@
 //! known registration, with a per-thread front (`front`) for the hot status lookup.
 
 mod front;
+pub mod refresh;
 mod tokens;
 
 use std::collections::HashMap;
@@ -86,15 +87,44 @@ type Load<T> = Shared<BoxFuture<'static, Result<T, Arc<StoreError>>>>;
 struct Slot<T> {
     load: Load<T>,
     started: Instant,
-    /// True while this slot is the workspace's entry: cleared when it leaves the map (replaced,
-    /// invalidated, evicted), so copies held elsewhere (the per-thread front) can tell
-    /// they are stale without taking the lock.
-    current: Arc<AtomicBool>,
+    state: Arc<SlotState>,
+}
+
+/// What copies of a cache entry held elsewhere (the per-thread front, a load in flight, the
+/// refresher) share with it, without taking the map's lock.
+struct SlotState {
+    /// True while the slot is the workspace's entry: cleared when it leaves the map (replaced,
+    /// invalidated, evicted), so a copy can tell it is stale.
+    current: AtomicBool,
+    /// Set when the entry is served from cache: the refresher reads again only the entries
+    /// something asked for since they were loaded.
+    used: AtomicBool,
+}
+
+impl SlotState {
+    fn new() -> Arc<Self> {
+        Arc::new(SlotState {
+            current: AtomicBool::new(true),
+            used: AtomicBool::new(false),
+        })
+    }
+
+    fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Marks the entry used; a load first, so a hot entry's cache line is written once per
+    /// load, not on every hit.
+    fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
-        self.current.store(false, Ordering::Release);
+        self.state.current.store(false, Ordering::Release);
     }
 }
 
@@ -104,8 +134,9 @@ struct FreshStatus {
     status: Option<BudgetStatus>,
     /// When it was loaded: it is served until the TTL (which may change) has run from then.
     started: Instant,
-    /// Cleared when the entry is invalidated or replaced before it expires.
-    current: Arc<AtomicBool>,
+    /// Its `current` flag is cleared when the entry is invalidated or replaced before it
+    /// expires.
+    state: Arc<SlotState>,
 }
 
 /// Answers [`status`](BudgetStore::status), [`retry_after`](BudgetStore::retry_after) and
@@ -180,10 +211,10 @@ impl LastKnown {
         &self,
         workspace: &WorkspaceId,
         answer: &Result<Registration, StoreError>,
-        current: &AtomicBool,
+        entry: &SlotState,
     ) {
         let mut map = write_lock(&self.map);
-        if !current.load(Ordering::Acquire) {
+        if !entry.is_current() {
             return;
         }
         match answer {
@@ -388,7 +419,7 @@ impl<S: ?Sized> CachingStore<S> {
         self.peek(&self.status, workspace, |answer, slot| FreshStatus {
             status: answer.ok().copied(),
             started: slot.started,
-            current: slot.current.clone(),
+            state: slot.state.clone(),
         })
     }
 
@@ -410,6 +441,7 @@ impl<S: ?Sized> CachingStore<S> {
         if !self.fresh(&answer, slot.started, now) {
             return None;
         }
+        slot.state.touch();
         CacheMetrics::get().hit.increment(1);
         Some(f(answer, slot))
     }
@@ -439,14 +471,14 @@ impl<S: ?Sized> CachingStore<S> {
     ) -> Result<T, StoreError>
     where
         T: Clone + MaxAge + Send + Sync + 'static,
-        F: FnOnce(Arc<S>, WorkspaceId, Arc<AtomicBool>) -> Fut,
+        F: FnOnce(Arc<S>, WorkspaceId, Arc<SlotState>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         if let Some(answer) = self.cached(entries, workspace) {
             return answer;
         }
-        let load = self.load(entries, workspace, |current| {
-            fetch(self.inner.clone(), workspace.clone(), current)
+        let load = self.load(entries, workspace, |state| {
+            fetch(self.inner.clone(), workspace.clone(), state)
         });
         self.finish(entries, workspace, load).await
     }
@@ -461,7 +493,7 @@ impl<S: ?Sized> CachingStore<S> {
     ) -> Load<T>
     where
         T: Clone + MaxAge + Send + Sync + 'static,
-        F: FnOnce(Arc<AtomicBool>) -> Fut,
+        F: FnOnce(Arc<SlotState>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let now = Instant::now();
@@ -474,6 +506,7 @@ impl<S: ?Sized> CachingStore<S> {
                     return slot.load.clone();
                 }
                 Some(Ok(v)) if self.fresh(&Ok(v), slot.started, now) => {
+                    slot.state.touch();
                     CacheMetrics::get().hit.increment(1);
                     return slot.load.clone();
                 }
@@ -490,8 +523,8 @@ impl<S: ?Sized> CachingStore<S> {
         CacheMetrics::get().miss.increment(1);
         // Driven by whichever caller polls it: a caller that gives up (a timed-out check) leaves
         // it to the next one, which finds it in the map and carries on from where it stopped.
-        let current = Arc::new(AtomicBool::new(true));
-        let load: Load<T> = start(current.clone())
+        let state = SlotState::new();
+        let load: Load<T> = start(state.clone())
             .map(|r| r.map_err(Arc::new))
             .boxed()
             .shared();
@@ -503,7 +536,7 @@ impl<S: ?Sized> CachingStore<S> {
             Slot {
                 load: load.clone(),
                 started: now,
-                current,
+                state,
             },
         );
         load
@@ -779,9 +812,9 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
         self.get(
             &self.registration,
             workspace,
-            move |inner, ws, current| async move {
+            move |inner, ws, state| async move {
                 let answer = inner.registration(&ws).await;
-                last_known.record(&ws, &answer, &current);
+                last_known.record(&ws, &answer, &state);
                 answer
             },
         )
