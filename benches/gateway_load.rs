@@ -17,6 +17,9 @@
 #[path = "../tests/common/agent.rs"]
 #[allow(dead_code)]
 mod agent;
+#[path = "../examples/gateway/agents.rs"]
+#[allow(dead_code)]
+mod agents;
 #[path = "../examples/gateway/app.rs"]
 #[allow(dead_code, unused_imports)]
 mod app;

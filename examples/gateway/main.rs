@@ -6,6 +6,7 @@
 //! DATABASE_URL=postgres://… cargo run --release --example gateway
 //! ```
 
+mod agents;
 mod alerts;
 mod app;
 mod card;

@@ -12,15 +12,13 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tower_budget::layer::BudgetDecision;
 use tower_budget::store::{Registry, StoreError};
 use tower_budget::WorkspaceId;
 
+use crate::agents::Agents;
 use crate::card;
 
 /// Largest agent card the gateway rewrites.
@@ -33,7 +31,7 @@ pub struct Proxy {
 
 struct Inner {
     store: Arc<dyn Registry>,
-    client: Client<HttpConnector, Body>,
+    agents: Arc<Agents>,
     public_url: String,
     timeout: Duration,
     /// The longest a registration lookup may take (the budget check's timeout).
@@ -74,16 +72,11 @@ impl Proxy {
         timeout: Duration,
         lookup_timeout: Duration,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let agents = Agents::new(timeout.min(Duration::from_secs(10)));
         Proxy {
             inner: Arc::new(Inner {
                 store,
-                client,
+                agents,
                 public_url,
                 timeout,
                 lookup_timeout,
@@ -176,7 +169,8 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     res
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// A `static`, not a `const`: a const array is built anew (and dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -325,7 +319,7 @@ impl Inner {
                 return error(StatusCode::BAD_GATEWAY, "agent card redirected");
             }
         }
-        Response::from_parts(parts, Body::new(body))
+        Response::from_parts(parts, body)
     }
 
     /// The workspace's agent URL: from the store (through its cache) by `deadline`, else the last
@@ -375,8 +369,8 @@ impl Inner {
     async fn inner_request(
         &self,
         request: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(request).await
+    ) -> Result<Response<Body>, crate::agents::Error> {
+        self.agents.send(request).await
     }
 }
 
@@ -431,7 +425,7 @@ fn point_at_gateway(headers: &mut HeaderMap, agent_url: &str, gateway_root: &str
     }
 }
 
-async fn read_card(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
+async fn read_card(body: Body) -> Result<Bytes, Response<Body>> {
     match Limited::new(body, MAX_CARD_BYTES).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(_) => Err(error(
