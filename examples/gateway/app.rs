@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -416,7 +415,7 @@ where
                 .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros))
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .layer(middleware::from_fn(track))
+        .layer(tower::layer::layer_fn(Track))
         .layer(CatchPanicLayer::custom(panic_response))
         .service(routes)
 }
@@ -528,22 +527,78 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Respo
 }
 
 /// Request counters and latency (to response headers) per route class.
-async fn track(mut request: Request<Body>, next: Next) -> Response {
-    let started = Instant::now();
-    request.extensions_mut().insert(proxy::Arrived(started));
-    let path = request.uri().path();
-    let route = if proxy::split_path(path).is_some() {
-        Route::Proxy
-    } else if matches!(path, "/healthz" | "/metrics" | "/ui") {
-        Route::Ops
-    } else {
-        Route::Api
-    };
-    let response = next.run(request).await.into_response();
-    let metrics = RouteMetrics::get(route);
-    metrics.requests(response.status()).increment(1);
-    metrics.duration.record(started.elapsed().as_secs_f64());
-    response
+/// The route metrics around everything inside: the request's class (proxy, ops, API), its
+/// status and duration; it also stamps the request with its arrival time ([`proxy::Arrived`]).
+/// A service of its own rather than `axum::middleware::from_fn`, which clones and boxes the
+/// whole inner stack and boxes two futures per request.
+#[derive(Clone)]
+struct Track<S>(S);
+
+impl<S, R> tower::Service<Request<Body>> for Track<S>
+where
+    S: tower::Service<Request<Body>, Response = R, Error = Infallible>,
+    R: IntoResponse,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        request.extensions_mut().insert(proxy::Arrived(started));
+        let path = request.uri().path();
+        let route = if proxy::split_path(path).is_some() {
+            Route::Proxy
+        } else if matches!(path, "/healthz" | "/metrics" | "/ui") {
+            Route::Ops
+        } else {
+            Route::Api
+        };
+        Tracked {
+            inner: self.0.call(request),
+            started,
+            route,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Tracked<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        route: Route,
+    }
+}
+
+impl<F, R> std::future::Future for Tracked<F>
+where
+    F: std::future::Future<Output = Result<R, Infallible>>,
+    R: IntoResponse,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let response = response.into_response();
+        let metrics = RouteMetrics::get(*this.route);
+        metrics.requests(response.status()).increment(1);
+        metrics
+            .duration
+            .record(this.started.elapsed().as_secs_f64());
+        std::task::Poll::Ready(Ok(response))
+    }
 }
 
 #[derive(Clone, Copy)]
