@@ -503,7 +503,23 @@ impl MakeRequestId for NextRequestId {
             seed ^ std::process::id().rotate_left(16)
         });
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        http::HeaderValue::from_str(&format!("{prefix:08x}-{n:x}"))
+        // Written into a stack buffer: `format!` would allocate a String only to copy it.
+        let mut id = [0u8; 8 + 1 + 16];
+        let mut len = 0;
+        for (value, digits) in [(u64::from(*prefix), 8), (n, 0)] {
+            if len > 0 {
+                id[len] = b'-';
+                len += 1;
+            }
+            let digits = digits
+                .max((64 - value.leading_zeros() as usize).div_ceil(4))
+                .max(1);
+            for i in (0..digits).rev() {
+                id[len] = b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize];
+                len += 1;
+            }
+        }
+        http::HeaderValue::from_bytes(&id[..len])
             .ok()
             .map(RequestId::new)
     }
@@ -653,6 +669,35 @@ impl RouteMetrics {
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    /// Request ids read `{prefix:08x}-{counter:x}`, the counter one more each time.
+    #[test]
+    fn request_ids_are_a_prefix_and_a_counter() {
+        let request = Request::new(Body::empty());
+        let ids: Vec<String> = (0..2)
+            .map(|_| {
+                let id = NextRequestId.make_request_id(&request).unwrap();
+                id.header_value().to_str().unwrap().to_owned()
+            })
+            .collect();
+        let parse = |id: &str| {
+            let (prefix, n) = id.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 8, "{id}");
+            assert!(!(n.is_empty() || n.len() > 1 && n.starts_with('0')), "{id}");
+            (
+                u32::from_str_radix(prefix, 16).unwrap(),
+                u64::from_str_radix(n, 16).unwrap(),
+            )
+        };
+        let (a, b) = (parse(&ids[0]), parse(&ids[1]));
+        assert_eq!(a.0, b.0, "one prefix per process");
+        assert!(b.1 > a.1, "{ids:?}");
+        assert_eq!(
+            ids[0],
+            format!("{:08x}-{:x}", a.0, a.1),
+            "spelled as format! would"
+        );
+    }
 
     /// A panic in a handler is a 500 JSON; the router keeps serving; every response carries a
     /// request id, and one the client sent is kept.
