@@ -6,8 +6,8 @@
 //!    upstream direct. The upstream is a second nginx answering a fixed JSON-RPC result, so
 //!    the proxies are the only difference. Many short rounds in rotating order; ratios paired
 //!    by round.
-//! 2. **Latency at a fixed rate**: half of nginx's median saturation rate, from an open-loop
-//!    generator in this process (`OpenLoop`): request `i` is due at `t0 + i / rate` on
+//! 2. **Latency at fixed rates**: half of nginx's median saturation rate, and 10,000 requests/s, from an open-loop
+//!    generator in this process (`OpenLoop`, one thread, raw HTTP/1.1): request `i` is due at `t0 + i / rate` on
 //!    connection `i mod 32`; a request whose connection is still busy when it is due counts
 //!    from when it was due (no coordinated omission), one sent on time from when it was sent
 //!    (the generator's own timer lateness is not the server's). Tokio's timer has 1 ms ticks,
@@ -37,11 +37,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use pg::free_port;
 use wrk::{percentile, requests_per_second, setting, wrk, CONNECTIONS};
 
+/// The second fixed rate: the rate TensorZero quotes its gateway's p99 at.
+const FIXED_RATE: f64 = 10_000.0;
 const BODY: &str = r#"{"jsonrpc":"2.0","id":"1","method":"SendMessage","params":{"message":{"messageId":"m","role":"ROLE_USER","parts":[{"text":"ping"}]}}}"#;
 const ANSWER: &str = r#"{"jsonrpc":"2.0","id":"1","result":{"kind":"message","messageId":"r","role":"agent","parts":[{"kind":"text","text":"pong"}]}}"#;
 
@@ -158,32 +158,37 @@ impl OpenLoop {
     }
 }
 
-/// `rate` requests per second for `seconds`, over `CONNECTIONS` keep-alive connections, on a
-/// 2-thread runtime of its own.
+/// `rate` requests per second for `seconds`, over `CONNECTIONS` keep-alive connections, from
+/// one thread: requests are written as prebuilt bytes and responses read with just enough
+/// parsing to find their end (`Content-Length` or chunked), so the generator takes little of
+/// the 2 cores it shares with the servers it measures (a hyper client on a 2-thread runtime,
+/// its first version, took about as much CPU per request as the gateway).
 fn open_loop(url: &str, rate: f64, seconds: f64) -> OpenLoop {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let uri: http::Uri = url.parse().unwrap();
     rt.block_on(async move {
         let authority = uri.authority().unwrap().to_string();
+        let request: &'static [u8] = format!(
+            "POST {} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+            uri.path_and_query().map_or("/", |p| p.as_str()),
+            BODY.len()
+        )
+        .into_bytes()
+        .leak();
         let total = (rate * seconds) as usize;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now() + Duration::from_millis(50);
         let mut tasks = Vec::new();
         for c in 0..CONNECTIONS {
-            let (uri, authority) = (uri.clone(), authority.clone());
+            let authority = authority.clone();
             tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+                use tokio::io::AsyncWriteExt;
+                let mut stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
                 stream.set_nodelay(true).unwrap();
-                let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
-                    hyper_util::rt::TokioIo::new(stream),
-                )
-                .await
-                .unwrap();
-                tokio::spawn(conn);
+                let mut buf = Vec::with_capacity(4096);
                 let mut out = (Vec::new(), 0usize, 0usize);
                 let mut i = c;
                 while i < total {
@@ -197,24 +202,13 @@ fn open_loop(url: &str, rate: f64, seconds: f64) -> OpenLoop {
                         tokio::time::sleep_until(due).await;
                         tokio::time::Instant::now()
                     };
-                    // The connection is free again once the last response was read; wait for
-                    // hyper to say so (counted in the latency), or it refuses the request.
-                    if send.ready().await.is_err() {
+                    let ok = stream.write_all(request).await.is_ok()
+                        && read_response(&mut stream, &mut buf).await == Some(true);
+                    if !ok {
                         out.2 += 1;
                         break;
                     }
-                    let req = http::Request::post(uri.clone())
-                        .header("host", &authority)
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-                        .unwrap();
-                    match send.send_request(req).await {
-                        Ok(res) if res.status().is_success() => {
-                            let _ = res.into_body().collect().await;
-                            out.0.push(from.elapsed().as_micros() as u64);
-                        }
-                        _ => out.2 += 1,
-                    }
+                    out.0.push(from.elapsed().as_micros() as u64);
                     i += CONNECTIONS;
                 }
                 out
@@ -234,6 +228,47 @@ fn open_loop(url: &str, rate: f64, seconds: f64) -> OpenLoop {
         result.latencies.sort_unstable();
         result
     })
+}
+
+/// Reads one HTTP/1.1 response from `stream` (`buf` is scratch space): `Some(success)`, or
+/// `None` when the connection failed or the response could not be parsed.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if stream.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let success = head.split(' ').nth(1)?.starts_with('2');
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    if let Some(length) = header("content-length") {
+        let end = head_end + length.parse::<usize>().ok()?;
+        while buf.len() < end {
+            if stream.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        // The last chunk and an empty trailer end it (this bench's bodies have no trailers).
+        while !buf[head_end..].ends_with(b"0\r\n\r\n") {
+            if stream.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    } else {
+        return None;
+    }
+    Some(success)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -394,13 +429,31 @@ fn main() {
     );
 
     let nginx_rps = median(&mut sat[1].iter().map(|s| s.rps).collect::<Vec<_>>());
-    let rate = (nginx_rps / 2.0).round();
-    println!("\n## Latency at {rate:.0} req/s (half of nginx's saturation), open loop, {CONNECTIONS} connections\n");
+    for (rate, why) in [
+        ((nginx_rps / 2.0).round(), "half of nginx's saturation"),
+        (FIXED_RATE, "a fixed 10,000 requests/s"),
+    ] {
+        fixed_rate(&targets, rate, why, seconds);
+    }
+    drop(gw);
+    drop(nginx);
+
+    if setting("PROXY_SCALE", 1) == 0 {
+        return;
+    }
+    scale(&rt, &shipped, &schema, &db, &dir, &agent_url, seconds);
+    drop(upstream);
+}
+
+/// Latency of each target at `rate` requests per second, open loop (`open_loop`), with the
+/// gateway's and nginx's added latency over the upstream direct.
+fn fixed_rate(targets: &[(&str, String)], rate: f64, why: &str, seconds: usize) {
+    println!("\n## Latency at {rate:.0} req/s ({why}), open loop, {CONNECTIONS} connections\n");
     println!(
         "| target | p50 | p99 | p99.9 | late starts | errors |\n|---|---:|---:|---:|---:|---:|"
     );
     let mut lat = Vec::new();
-    for (name, url) in &targets {
+    for (name, url) in targets {
         let _ = open_loop(url, rate, 1.0); // warm-up
         let run = open_loop(url, rate, (seconds * 2) as f64);
         // A failed request has no latency to count: the run is void rather than flattering.
@@ -419,7 +472,7 @@ fn main() {
         lat.push(run);
     }
     println!(
-        "\ngateway p99 / nginx p99 at the fixed rate: {:.2}x; added over the upstream direct: \
+        "\ngateway p99 / nginx p99 at {rate:.0} req/s: {:.2}x; added over the upstream direct: \
          p50 +{:.3} ms, p99 +{:.3} ms, p99.9 +{:.3} ms (nginx: +{:.3}, +{:.3}, +{:.3})",
         lat[2].at(0.99) / lat[1].at(0.99),
         lat[2].at(0.5) - lat[0].at(0.5),
@@ -429,14 +482,6 @@ fn main() {
         lat[1].at(0.99) - lat[0].at(0.99),
         lat[1].at(0.999) - lat[0].at(0.999),
     );
-    drop(gw);
-    drop(nginx);
-
-    if setting("PROXY_SCALE", 1) == 0 {
-        return;
-    }
-    scale(&rt, &shipped, &schema, &db, &dir, &agent_url, seconds);
-    drop(upstream);
 }
 
 fn scale(
