@@ -12,7 +12,8 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An agent that answers every request with a small JSON-RPC result; under `/close` it says
-/// `Connection: close` and closes the connection after the response.
+/// `Connection: close` and closes the connection after the response; under `/empty` it answers
+/// `204 No Content`.
 struct CountingAgent {
     url: String,
     accepted: Arc<AtomicUsize>,
@@ -57,13 +58,18 @@ async fn counting_agent() -> CountingAgent {
                         }
                     }
                     buf.drain(..head_end + length);
-                    let close = head.split(' ').nth(1).unwrap_or("").starts_with("/close");
+                    let path = head.split(' ').nth(1).unwrap_or("");
+                    let close = path.starts_with("/close");
                     let body = r#"{"jsonrpc":"2.0","id":"1","result":{}}"#;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
-                        body.len(),
-                        if close { "connection: close\r\n" } else { "" }
-                    );
+                    let response = if path.starts_with("/empty") {
+                        "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+                            body.len(),
+                            if close { "connection: close\r\n" } else { "" }
+                        )
+                    };
                     if stream.write_all(response.as_bytes()).await.is_err() || close {
                         return;
                     }
@@ -100,10 +106,34 @@ async fn sequential_calls_share_one_agent_connection() {
     }
     let accepted = agent.accepted.load(Ordering::SeqCst);
     assert!(
-        (1..=2).contains(&accepted),
+        (1..=serving_threads()).contains(&accepted),
         "30 calls opened {accepted} agent connections"
     );
     assert_eq!(opened(&gw).await, accepted as u64, "the metric counts them");
+}
+
+/// Responses without a body (204 here; HEAD, 304 and `Content-Length: 0` alike) are complete
+/// before anyone reads them, and the server drops them unread: their connection is reused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_without_a_body_reuse_their_connection() {
+    let agent = counting_agent().await;
+    let gw = Gateway::start(&[]);
+    gw.register("ws-empty", &format!("{}/empty", agent.url))
+        .await;
+    for i in 0..10 {
+        let r = gw.rpc("ws-empty").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "call {i}");
+    }
+    let accepted = agent.accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=serving_threads()).contains(&accepted),
+        "10 calls opened {accepted} agent connections"
+    );
+}
+
+/// The gateway serves on one thread per core, each with its own agent connections.
+fn serving_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// An agent that answers `Connection: close` gets a new connection for each call, and no call

@@ -6,7 +6,8 @@
 //! dropped before then closes it: HTTP/1.1 cannot abandon a response half-read), and is taken
 //! again by the next request to the same `host:port` — the most recently used first, so a
 //! quiet pool keeps its few warm connections and lets the others age out. Idle connections are
-//! closed after [`IDLE_TIMEOUT`]; at most [`MAX_IDLE_PER_AGENT`] wait per agent.
+//! closed after [`IDLE_TIMEOUT`] (a task of the thread's runtime sweeps every second); at most
+//! [`MAX_IDLE_PER_AGENT`] wait per agent and [`MAX_IDLE`] per thread.
 //!
 //! Measured against hyper-util's pooled client, which this replaced (BENCHMARKS.md): that client
 //! hashes the pool key with SipHash twice per request (checkout and return), races each
@@ -31,8 +32,11 @@ use tokio::time::Instant;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per agent (`host:port`); nginx's `keepalive 64` is per worker too.
 pub const MAX_IDLE_PER_AGENT: usize = 64;
-/// Idle connections kept per thread, over all agents.
-pub const MAX_IDLE: usize = 1024;
+/// Idle connections kept per thread, over all agents (the client connection cap leaves file
+/// descriptors for them, `app::connection_cap`).
+pub const MAX_IDLE: usize = 256;
+/// How often idle connections past their timeout are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a request did not reach the agent.
 #[derive(Debug)]
@@ -86,12 +90,31 @@ struct Parked {
 }
 
 impl Agents {
+    /// A pool whose connects wait at most `connect_timeout` in all. Within a Tokio runtime, a
+    /// task of that runtime closes idle connections past [`IDLE_TIMEOUT`] every second (until
+    /// the pool is dropped); without one, they are closed when the pool is next used.
     pub fn new(connect_timeout: Duration) -> Arc<Agents> {
-        Arc::new(Agents {
+        let agents = Arc::new(Agents {
             idle: Mutex::new(Idle::default()),
             connect_timeout,
             opened: metrics::counter!("gateway_agent_connections_opened_total"),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = Arc::downgrade(&agents);
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    every.tick().await;
+                    let Some(agents) = pool.upgrade() else { return };
+                    agents.lock().sweep_all(Instant::now());
+                }
+            });
+        }
+        agents
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends `request` (its URI absolute, `http://host[:port]/path?query`) on an idle
@@ -148,17 +171,25 @@ impl Agents {
     /// The most recently parked open connection to `host` (`host[:port]`), with the pool's key.
     fn checkout(&self, host: &str) -> Option<(SendRequest<Body>, Arc<str>)> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         idle.sweep(now);
         let Idle {
             by_agent, count, ..
         } = &mut *idle;
         let agent = by_agent.get_mut(host)?;
         let mut found = None;
-        while let Some(p) = agent.parked.pop() {
-            *count -= 1;
-            if !p.send.is_closed() && now < p.since + IDLE_TIMEOUT {
-                found = Some((p.send, agent.key.clone()));
+        // The most recent first. Closed and expired ones go; one that is open but not ready
+        // yet (its request body still being sent after an early response) stays for later.
+        let mut i = agent.parked.len();
+        while i > 0 {
+            i -= 1;
+            let p = &agent.parked[i];
+            if p.send.is_closed() || now >= p.since + IDLE_TIMEOUT {
+                agent.parked.remove(i);
+                *count -= 1;
+            } else if p.send.is_ready() {
+                found = Some((agent.parked.remove(i).send, agent.key.clone()));
+                *count -= 1;
                 break;
             }
         }
@@ -174,13 +205,7 @@ impl Agents {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| Error::Connect(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(Error::Connect)?;
+        let stream = self.connect_tcp(host, port).await?;
         stream.set_nodelay(true).map_err(Error::Connect)?;
         self.opened.increment(1);
         let (send, connection) = hyper::client::conn::http1::Builder::new()
@@ -195,13 +220,38 @@ impl Agents {
         Ok(send)
     }
 
+    /// A TCP connection to one of `host`'s addresses, in the order the resolver gives them, each
+    /// given an equal share of what is left of the connect timeout (an address that drops
+    /// packets does not take the whole of it).
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
+        let timed_out = || Error::Connect(std::io::ErrorKind::TimedOut.into());
+        let deadline = Instant::now() + self.connect_timeout;
+        let addresses: Vec<std::net::SocketAddr> =
+            tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(Error::Connect)?
+                .collect();
+        let mut failure = Error::Connect(std::io::ErrorKind::NotFound.into());
+        for (i, address) in addresses.iter().enumerate() {
+            let share =
+                deadline.saturating_duration_since(Instant::now()) / (addresses.len() - i) as u32;
+            match tokio::time::timeout(share, tokio::net::TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => failure = Error::Connect(e),
+                Err(_) => failure = timed_out(),
+            }
+        }
+        Err(failure)
+    }
+
     /// Parks a connection whose response was read to the end.
     fn park(&self, key: Arc<str>, send: SendRequest<Body>) {
         if send.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         if idle.count >= MAX_IDLE {
             idle.sweep_all(now);
             if idle.count >= MAX_IDLE {
@@ -277,6 +327,17 @@ impl HttpBody for Pooled {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Pooled {
+    /// A body with nothing in it (a HEAD's, a 204's, a `Content-Length: 0` one) is complete
+    /// before anyone polls it, and servers drop such bodies unpolled: its connection is
+    /// reusable all the same.
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.release();
+        }
     }
 }
 

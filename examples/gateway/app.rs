@@ -38,9 +38,12 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 250_000;
 /// File descriptors kept for everything but client connections: agents, the database, logs.
 const RESERVED_FDS: usize = 256;
 
-/// The connection cap: [`MAX_CONNECTIONS`], or less where the soft limit on open files would be
-/// reached first (accept would then fail, and so would connections to agents and the database).
-pub fn connection_cap() -> usize {
+/// The connection cap for `threads` serving threads: [`MAX_CONNECTIONS`], or less where the soft
+/// limit on open files would be reached first (accept would then fail, and so would connections
+/// to agents and the database). Beyond [`RESERVED_FDS`] it leaves room for the idle agent
+/// connections each thread may keep.
+pub fn connection_cap(threads: usize) -> usize {
+    let reserved = RESERVED_FDS + crate::agents::MAX_IDLE * threads.max(1);
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|limits| {
@@ -48,7 +51,7 @@ pub fn connection_cap() -> usize {
             line.split_whitespace().nth(3)?.parse::<usize>().ok()
         });
     match soft {
-        Some(soft) => MAX_CONNECTIONS.min(soft.saturating_sub(RESERVED_FDS).max(16)),
+        Some(soft) => MAX_CONNECTIONS.min(soft.saturating_sub(reserved).max(16)),
         None => MAX_CONNECTIONS,
     }
 }
@@ -167,7 +170,7 @@ pub async fn serve_on_threads<S: App>(
     threads: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let cap = connection_cap();
+    let cap = connection_cap(threads);
     tracing::debug!(cap, threads, "client connection cap");
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     let here = Connections::new(make_router());
@@ -392,7 +395,7 @@ where
     // an id — kept when the client sent a plain one — that goes to the agent, back to the client
     // and into the span; a span per request (debug level; 5xx answers are the callers' business,
     // not error lines here); the route's metrics; a panic in any handler is a 500 JSON and the
-    // process lives (counted by `track`, logged in the request's span, with its id).
+    // process lives (counted by `Track`, logged in the request's span, with its id).
     //
     // Around the router as one stack, not with `Router::layer`: that wraps every route in each
     // layer and boxes it again, and axum clones the matched route per request — 21 nested boxes

@@ -62,7 +62,7 @@
 //! | `tower_budget_decisions_total` | counter | `decision`: `allowed`, `unregistered`, `blocked`, `failed_open`, `failed_closed` |
 //! | `tower_budget_blocked_total` | counter | `period`: each exceeded period of a refusal |
 //! | `tower_budget_store_failures_total` | counter | `cause`: `timeout`, `store_error`, `breaker_open` |
-//! | `tower_budget_cache_total` | counter | `result`: `hit`, `miss`, `coalesced` (counted by a [`CachingStore`](crate::store::CachingStore), when the layer is given one) |
+//! | `tower_budget_cache_total` | counter | `result`: `hit`, `miss`, `coalesced`, `refreshed` (read again ahead of expiry, [`CachingStore::spawn_refresher`](crate::store::CachingStore::spawn_refresher)) (counted by a [`CachingStore`](crate::store::CachingStore), when the layer is given one) |
 //! | `tower_budget_breaker_state` | gauge | 0 closed, 1 open, 2 half-open |
 //! | `tower_budget_check_duration_seconds` | histogram | — (checks that wait for the store; cached allowed decisions are served without one) |
 //!

@@ -29,6 +29,8 @@ struct CacheMetrics {
     hit: Counter,
     miss: Counter,
     coalesced: Counter,
+    /// Statuses read again ahead of their expiry (`refresh`): store reads that are not misses.
+    refreshed: Counter,
 }
 
 impl CacheMetrics {
@@ -38,6 +40,7 @@ impl CacheMetrics {
             hit: metrics::counter!("tower_budget_cache_total", "result" => "hit"),
             miss: metrics::counter!("tower_budget_cache_total", "result" => "miss"),
             coalesced: metrics::counter!("tower_budget_cache_total", "result" => "coalesced"),
+            refreshed: metrics::counter!("tower_budget_cache_total", "result" => "refreshed"),
         })
     }
 }

@@ -4,12 +4,18 @@
 //! still expires once per TTL, and the request that finds it expired pays a store read — with
 //! 100,000 active workspaces on a 30 s TTL, thousands of reads a second, each a few ids at a time
 //! (they rarely overlap). The refresher reads the statuses that were served from cache since
-//! they were loaded and expire within [`AHEAD`], [`CONCURRENCY`] at a time, so a store that
+//! they were loaded and expire within [`AHEAD`], 512 at a time, so a store that
 //! groups concurrent reads (Postgres does, `store::postgres::reads`) reads them in large groups
 //! and the request path stops missing. A refreshed entry counts from when its read started,
 //! so no answer is served longer after it was read than without refresh; an entry dropped
 //! meanwhile (a write, a notification, an eviction) is not brought back. Refusals are served
 //! for [`MAX_REFUSAL_AGE`](super::MAX_REFUSAL_AGE) at most and are not refreshed.
+//!
+//! Each read is counted in `tower_budget_cache_total{result="refreshed"}`. A store that fails
+//! is asked again at the next pass for entries still due (at most [`AHEAD`] / [`EVERY`] times
+//! each; no backoff, since each of those reads is bounded by the store's own timeouts). The pass
+//! scans the status map under its read lock: with hundreds of thousands of entries, a few
+//! milliseconds a second during which a miss waits to insert.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -65,6 +71,9 @@ impl<S: BudgetStore + ?Sized + 'static> CachingStore<S> {
     /// and returns how many it replaced.
     pub async fn refresh_due(&self) -> usize {
         let due = self.due_for_refresh(Instant::now());
+        super::CacheMetrics::get()
+            .refreshed
+            .increment(due.len() as u64);
         let inner = &self.inner;
         let mut reads = futures_util::stream::iter(due)
             .map(|(workspace, state)| async move {
@@ -220,6 +229,41 @@ mod tests {
             cache.status(&ws).await.unwrap().limits.get(Period::HOURLY),
             Some(2000)
         );
+    }
+
+    /// A reconnect's `clear()` while reads are in flight: nothing read before it comes back.
+    #[tokio::test(start_paused = true)]
+    async fn a_clear_during_a_refresh_wins() {
+        let ws = WorkspaceId::new("ws-cleared").unwrap();
+        let (store, cache) = cache_with(&["ws-cleared"]).await;
+        cache.status(&ws).await.unwrap();
+        hourly(&cache, &ws);
+        tokio::time::advance(TTL - Duration::from_secs(1)).await;
+        let due = cache.due_for_refresh(Instant::now());
+        let read = store.status(&ws).await.unwrap();
+        cache.clear();
+        assert!(!cache.replace_status(&ws, &due[0].1, read, Instant::now()));
+        assert_eq!(hourly(&cache, &ws), None);
+    }
+
+    /// The spawned refresher keeps a used entry served past its first expiry, with what the
+    /// store says by then (virtual time: the refresher's ticks run as the clock is advanced).
+    #[tokio::test(start_paused = true)]
+    async fn the_spawned_refresher_keeps_used_entries_fresh() {
+        let ws = WorkspaceId::new("ws-spawned").unwrap();
+        let (store, cache) = cache_with(&["ws-spawned"]).await;
+        let cache = Arc::new(cache);
+        let _refresher = cache.spawn_refresher();
+        cache.status(&ws).await.unwrap();
+        hourly(&cache, &ws);
+        set_hourly(&*store, &ws, 2000).await;
+        for _ in 0..TTL.as_secs() + 1 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(hourly(&cache, &ws), Some(2000), "refreshed, not expired");
     }
 
     #[tokio::test(start_paused = true)]
