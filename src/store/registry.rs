@@ -58,6 +58,17 @@ pub trait Registry: Send + Sync + 'static {
     /// The workspace's registration; [`StoreError::NotFound`] when unknown or removed.
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError>;
 
+    /// The [`registration`](Self::registration) answer if it is at hand without waiting (a fresh
+    /// cache entry), else `None`: the request path asks this first and skips the boxed future,
+    /// the timer and the wake-up a call costs. The default has nothing at hand.
+    fn registration_now(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Option<Result<Registration, StoreError>> {
+        let _ = workspace;
+        None
+    }
+
     /// The last registration this store answered for `workspace`, kept for when it cannot
     /// answer in time (the gateway's proxy uses it). Stores that cache keep it and drop it with
     /// the workspace's other entries (writes through them, "unknown" answers); the default keeps
@@ -86,6 +97,12 @@ impl<S: Registry + ?Sized> Registry for Arc<S> {
     }
     async fn registration(&self, workspace: &WorkspaceId) -> Result<Registration, StoreError> {
         (**self).registration(workspace).await
+    }
+    fn registration_now(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Option<Result<Registration, StoreError>> {
+        (**self).registration_now(workspace)
     }
     fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
         (**self).last_known_registration(workspace)

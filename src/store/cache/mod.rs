@@ -824,6 +824,13 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
         .await
     }
 
+    fn registration_now(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Option<Result<Registration, StoreError>> {
+        self.cached(&self.registration, workspace)
+    }
+
     fn last_known_registration(&self, workspace: &WorkspaceId) -> Option<Registration> {
         read_lock(&self.last_known.map).get(workspace).cloned()
     }
@@ -843,5 +850,43 @@ impl<S: Registry + ?Sized> Registry for CachingStore<S> {
                 .record(*token_hash, workspace, since, started, self.capacity);
         }
         Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// `registration_now` serves exactly what `registration` would from cache: nothing before a
+    /// load, the cached registration after, nothing once a write dropped it.
+    #[tokio::test]
+    async fn registration_now_is_the_cached_answer() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new());
+        let cache = CachingStore::new(store, Duration::from_secs(60), 10);
+        let ws = WorkspaceId::new("ws-now").unwrap();
+        let agent = Registration {
+            agent_url: Some("http://127.0.0.1:1/a".into()),
+            token_hash: None,
+        };
+        cache.register_agent(&ws, &agent).await.unwrap();
+        assert!(cache.registration_now(&ws).is_none(), "not loaded yet");
+        assert_eq!(cache.registration(&ws).await.unwrap(), agent);
+        assert_eq!(cache.registration_now(&ws).unwrap().unwrap(), agent);
+        let moved = Registration {
+            agent_url: Some("http://127.0.0.1:2/b".into()),
+            token_hash: None,
+        };
+        cache.register_agent(&ws, &moved).await.unwrap();
+        assert!(
+            cache.registration_now(&ws).is_none(),
+            "the write dropped it"
+        );
+        let unknown = WorkspaceId::new("ws-unknown-now").unwrap();
+        assert!(cache.registration(&unknown).await.is_err());
+        assert!(matches!(
+            cache.registration_now(&unknown),
+            Some(Err(StoreError::NotFound))
+        ));
     }
 }
