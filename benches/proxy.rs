@@ -117,19 +117,38 @@ struct Saturation {
     rps: f64,
     p50: f64,
     p99: f64,
+    /// The proxy's CPU per request in µs, user and system (none for the upstream direct).
+    cpu: Option<(f64, f64)>,
 }
 
-fn saturate(name: &str, url: &str, script: &Path, seconds: usize) -> Saturation {
+/// A wrk run against `url`; `proxy` are the processes whose CPU per request is measured.
+fn saturate(name: &str, url: &str, script: &Path, seconds: usize, proxy: &[u32]) -> Saturation {
     wrk(url, script, "1s");
+    let cpu = || {
+        proxy
+            .iter()
+            .map(|p| cpu::cpu_ticks_split(*p))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let before = cpu();
     let report = wrk(url, script, &format!("{seconds}s"));
+    let after = cpu();
     assert!(
         !report.contains("Non-2xx") && !report.contains("Socket errors"),
         "{name}: errors under load:\n{report}"
     );
+    let rps = requests_per_second(&report);
+    let per_request = |ticks: f64| ticks / cpu::ticks_per_second() * 1e6 / (rps * seconds as f64);
     Saturation {
-        rps: requests_per_second(&report),
+        rps,
         p50: percentile(&report, "50%"),
         p99: percentile(&report, "99%"),
+        cpu: (!proxy.is_empty()).then(|| {
+            (
+                per_request(after.0 - before.0),
+                per_request(after.1 - before.1),
+            )
+        }),
     }
 }
 
@@ -387,12 +406,18 @@ fn main() {
             format!("http://{}/workspaces/bench/a2a", gw.addr),
         ),
     ];
+    // Whose CPU each target's rounds measure: nothing, nginx's workers, the gateway.
+    let proxies = [
+        Vec::new(),
+        cpu::children(nginx.child.id()),
+        vec![gw.child.id()],
+    ];
     let mut sat: Vec<Vec<Saturation>> = targets.iter().map(|_| Vec::new()).collect();
     eprintln!("saturation: {rounds} rounds of {seconds} s per target");
     for round in 0..rounds {
         for k in 0..targets.len() {
             let t = (k + round) % targets.len();
-            let s = saturate(targets[t].0, &targets[t].1, &script, seconds);
+            let s = saturate(targets[t].0, &targets[t].1, &script, seconds, &proxies[t]);
             eprintln!(
                 "round {round:2} {:16} {:8.0} req/s p50 {:.2} ms p99 {:.2} ms",
                 targets[t].0, s.rps, s.p50, s.p99
@@ -408,10 +433,17 @@ fn main() {
             .collect()
     };
     println!("\n## Saturation (wrk 2x{CONNECTIONS}, {rounds} rounds of {seconds} s, medians)\n");
-    println!("| target | requests/s | p50 | p99 |\n|---|---:|---:|---:|");
+    println!("| target | requests/s | p50 | p99 | proxy CPU / request (user + system) |\n|---|---:|---:|---:|---:|");
     for (t, (name, _)) in targets.iter().enumerate() {
+        let cpu = if sat[t][0].cpu.is_some() {
+            let user = median(&mut sat[t].iter().map(|s| s.cpu.unwrap().0).collect::<Vec<_>>());
+            let system = median(&mut sat[t].iter().map(|s| s.cpu.unwrap().1).collect::<Vec<_>>());
+            format!("{user:.1} + {system:.1} µs")
+        } else {
+            "—".to_owned()
+        };
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms |",
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu} |",
             median(&mut sat[t].iter().map(|s| s.rps).collect::<Vec<_>>()),
             median(&mut sat[t].iter().map(|s| s.p50).collect::<Vec<_>>()),
             median(&mut sat[t].iter().map(|s| s.p99).collect::<Vec<_>>()),
