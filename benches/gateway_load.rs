@@ -39,6 +39,7 @@ mod pg;
 #[allow(dead_code, unused_imports)]
 mod proxy;
 #[path = "common/wrk.rs"]
+#[allow(dead_code)]
 mod wrk;
 
 use std::path::Path;

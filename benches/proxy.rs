@@ -138,7 +138,8 @@ fn saturate(name: &str, url: &str, script: &Path, seconds: usize, proxy: &[u32])
         "{name}: errors under load:\n{report}"
     );
     let rps = requests_per_second(&report);
-    let per_request = |ticks: f64| ticks / cpu::ticks_per_second() * 1e6 / (rps * seconds as f64);
+    let done = wrk::requests(&report);
+    let per_request = |ticks: f64| ticks / cpu::ticks_per_second() * 1e6 / done;
     Saturation {
         rps,
         p50: percentile(&report, "50%"),
@@ -412,6 +413,7 @@ fn main() {
         cpu::children(nginx.child.id()),
         vec![gw.child.id()],
     ];
+    assert_eq!(proxies[1].len(), 2, "nginx's two workers");
     let mut sat: Vec<Vec<Saturation>> = targets.iter().map(|_| Vec::new()).collect();
     eprintln!("saturation: {rounds} rounds of {seconds} s per target");
     for round in 0..rounds {
@@ -581,7 +583,8 @@ fn scale(
         let (gateway1, postgres1) = (cpu::cpu_ticks(pid), cpu::cpu_ticks_named("postgres"));
         assert!(!report.contains("Non-2xx"), "{n} active: errors:\n{report}");
         let rps = requests_per_second(&report);
-        let per_request = |ticks: f64| ticks / ticks_per_second * 1e6 / (rps * seconds as f64);
+        let done = wrk::requests(&report);
+        let per_request = |ticks: f64| ticks / ticks_per_second * 1e6 / done;
         let kib = rss_kib(pid);
         rss.push((n, kib));
         let base = *first_rps.get_or_insert(rps);

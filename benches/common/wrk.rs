@@ -58,3 +58,14 @@ pub fn requests_per_second(report: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// The requests a wrk run completed ("N requests in Xs").
+pub fn requests(report: &str) -> f64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .expect("requests in")
+        .0
+        .parse()
+        .unwrap()
+}

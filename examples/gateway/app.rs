@@ -35,13 +35,15 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Default of `--cache-capacity`: workspaces held in the decision and registration caches.
 pub const DEFAULT_CACHE_CAPACITY: usize = 250_000;
 
-/// File descriptors kept for everything but client connections: agents, the database, logs.
+/// File descriptors kept for the database, logs and the like.
 const RESERVED_FDS: usize = 256;
 
 /// The connection cap for `threads` serving threads: [`MAX_CONNECTIONS`], or less where the soft
 /// limit on open files would be reached first (accept would then fail, and so would connections
-/// to agents and the database). Beyond [`RESERVED_FDS`] it leaves room for the idle agent
-/// connections each thread may keep.
+/// to agents and the database). Beyond [`RESERVED_FDS`] and the idle agent connections each
+/// thread may keep, each client connection counts twice: its own descriptor and the agent
+/// connection its request in flight holds (HTTP/1; an HTTP/2 client with many streams in flight
+/// holds more — the known limit).
 pub fn connection_cap(threads: usize) -> usize {
     let reserved = RESERVED_FDS + crate::agents::MAX_IDLE * threads.max(1);
     let soft = std::fs::read_to_string("/proc/self/limits")
@@ -51,7 +53,7 @@ pub fn connection_cap(threads: usize) -> usize {
             line.split_whitespace().nth(3)?.parse::<usize>().ok()
         });
     match soft {
-        Some(soft) => MAX_CONNECTIONS.min(soft.saturating_sub(reserved).max(16)),
+        Some(soft) => MAX_CONNECTIONS.min((soft.saturating_sub(reserved) / 2).max(16)),
         None => MAX_CONNECTIONS,
     }
 }
