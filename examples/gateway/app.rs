@@ -16,7 +16,6 @@ use tower_budget::store::postgres::{
     migrate, ChangeListener, ListenOptions, ListenerState, PgStore, PoolOptions,
 };
 use tower_budget::store::{CachingStore, MemoryStore, Refresher, Store, DEFAULT_CACHE_TTL};
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -421,7 +420,7 @@ where
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(tower::layer::layer_fn(Track))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(tower::layer::layer_fn(CatchPanic))
         .service(routes)
 }
 
@@ -531,14 +530,14 @@ impl MakeRequestId for NextRequestId {
 }
 
 /// A handler that panicked: 500 with the API's JSON error shape; the panic itself is logged.
-fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<String> {
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(panic = %what, "a request handler panicked");
-    let mut response = http::Response::new(r#"{"error":"internal error"}"#.to_owned());
+    let mut response = Response::new(Body::from(r#"{"error":"internal error"}"#));
     *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -547,7 +546,70 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Respo
     response
 }
 
-/// Request counters and latency (to response headers) per route class.
+/// A panic in `call` or while its future runs becomes [`panic_response`]. Like tower-http's
+/// `CatchPanic`, without its re-boxing of every response body into a body type of its own (which
+/// the stack then boxed again into axum's): the response passes as it came.
+#[derive(Clone)]
+struct CatchPanic<S>(S);
+
+impl<S> tower::Service<Request<Body>> for CatchPanic<S>
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Caught<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(request))) {
+            Ok(future) => Caught::Running { future },
+            Err(panic) => Caught::Panicked {
+                response: Some(panic_response(panic)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CaughtProj]
+    enum Caught<F> {
+        Running { #[pin] future: F },
+        Panicked { response: Option<Response> },
+    }
+}
+
+impl<F> std::future::Future for Caught<F>
+where
+    F: std::future::Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            CaughtProj::Running { future } => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(panic) => std::task::Poll::Ready(Ok(panic_response(panic))),
+                }
+            }
+            CaughtProj::Panicked { response } => std::task::Poll::Ready(Ok(response
+                .take()
+                .expect("a Caught future polled after it completed"))),
+        }
+    }
+}
+
 /// The route metrics around everything inside: the request's class (proxy, ops, API), its
 /// status and duration; it also stamps the request with its arrival time ([`proxy::Arrived`]).
 /// A service of its own rather than `axum::middleware::from_fn`, which clones and boxes the
@@ -701,6 +763,46 @@ mod tests {
             ids[0],
             format!("{:08x}-{:x}", a.0, a.1),
             "spelled as format! would"
+        );
+    }
+
+    /// A service that panics in `call` (not in its future) is a 500 JSON too.
+    #[tokio::test]
+    async fn a_panic_in_call_is_a_500_too() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let api = BudgetApi::new(
+            store.clone(),
+            tower_budget::api::TokenAuth::new("admin", store),
+        );
+        // Panics in `call` itself, before any future exists.
+        let panicking = tower::service_fn(|request: Request<Body>| {
+            assert!(
+                request.uri().path().is_empty(),
+                "a service whose call panics"
+            );
+            std::future::ready(Ok::<Response, Infallible>(Response::new(Body::empty())))
+        });
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let app = router(panicking, api, metrics, Health(None));
+        let request = Request::builder()
+            .uri("/workspaces/ws-1/a2a")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"internal error"}"#);
+        let health = Request::builder()
+            .uri("/healthz")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.oneshot(health).await.unwrap().status(),
+            http::StatusCode::OK
         );
     }
 
