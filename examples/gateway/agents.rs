@@ -348,3 +348,67 @@ impl Pooled {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An agent that answers each request on a connection with an empty 200, and says when a
+    /// connection it accepted was closed by the other side.
+    async fn agent() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (closed, closures) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = closed.send(());
+                                return;
+                            }
+                            Ok(_) => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, closures)
+    }
+
+    async fn get(agents: &Arc<Agents>, url: &str) {
+        let request = Request::get(url).body(Body::empty()).unwrap();
+        let response = agents.send(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        drop(response); // empty: the connection goes back to the pool
+    }
+
+    /// A connection idle past the timeout is closed by the sweep, with no request to notice it.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        let (url, mut closures) = agent().await;
+        let agents = Agents::new(Duration::from_secs(1));
+        get(&agents, &url).await;
+        get(&agents, &url).await;
+        assert_eq!(agents.lock().count, 1, "one connection, reused and parked");
+        tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(agents.lock().count, 1, "not yet");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // The sweep runs on its interval; the agent sees the close.
+        tokio::time::timeout(Duration::from_secs(5), closures.recv())
+            .await
+            .expect("the agent saw its connection closed")
+            .unwrap();
+        assert_eq!(agents.lock().count, 0);
+    }
+}
