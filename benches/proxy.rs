@@ -291,6 +291,18 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
     Some(success)
 }
 
+/// `tower_budget_decisions_total{decision="failed_open"}` from the gateway's `/metrics`.
+async fn failed_open(gw: &gateway::Gateway) -> u64 {
+    let r = gw.call(http::Method::GET, "/metrics", None, None).await;
+    String::from_utf8_lossy(&r.bytes)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tower_budget_decisions_total{decision=\"failed_open\"} ")
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        })
+        .unwrap_or(0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -567,7 +579,7 @@ fn scale(
         rss_kib(pid)
     );
     println!(
-        "| active workspaces | requests/s | p50 | p99 | RSS after | gateway CPU / request | postgres CPU / request |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "| active workspaces | requests/s | p50 | p99 | RSS after | gateway CPU / request | postgres CPU / request | let through unchecked |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let url = format!("http://{}/", gw.addr);
     let mut rss = Vec::new();
@@ -578,9 +590,13 @@ fn scale(
         // Warm-up: every active workspace seen, and with many of them past the 30 s decision
         // TTL, so the measured stretch pays the steady state's refreshes, not a cold start.
         wrk(&url, &script, if n > 10_000 { "35s" } else { "2s" });
+        let unchecked0 = rt.block_on(failed_open(&gw));
         let (gateway0, postgres0) = (cpu::cpu_ticks(pid), cpu::cpu_ticks_named("postgres"));
         let report = wrk(&url, &script, &format!("{seconds}s"));
         let (gateway1, postgres1) = (cpu::cpu_ticks(pid), cpu::cpu_ticks_named("postgres"));
+        // Calls the layer let through without a decision (the store slow or the breaker open)
+        // during the measured stretch: a figure bought with them would not be a checked one.
+        let unchecked = rt.block_on(failed_open(&gw)) - unchecked0;
         assert!(!report.contains("Non-2xx"), "{n} active: errors:\n{report}");
         let rps = requests_per_second(&report);
         let done = wrk::requests(&report);
@@ -589,7 +605,7 @@ fn scale(
         rss.push((n, kib));
         let base = *first_rps.get_or_insert(rps);
         println!(
-            "| {n} | {rps:.0} ({:.2}x) | {:.2} ms | {:.2} ms | {kib} KiB | {:.1} µs | {:.1} µs |",
+            "| {n} | {rps:.0} ({:.2}x) | {:.2} ms | {:.2} ms | {kib} KiB | {:.1} µs | {:.1} µs | {unchecked} |",
             rps / base,
             percentile(&report, "50%"),
             percentile(&report, "99%"),

@@ -392,7 +392,8 @@ where
         .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
         .fallback_service(api);
     let routes = ProxyFirst { proxied, others };
-    // tower-http, outermost first: `Authorization` never reaches a log line; every request gets
+    // Outermost first (tower-http's, then `Track` and `CatchPanic`): `Authorization` never
+    // reaches a log line; every request gets
     // an id — kept when the client sent a plain one — that goes to the agent, back to the client
     // and into the span; a span per request (debug level; 5xx answers are the callers' business,
     // not error lines here); the route's metrics; a panic in any handler is a 500 JSON and the
