@@ -2,43 +2,35 @@
 
 use std::process::Command;
 
-/// user + system CPU ticks of `pid` so far (fields 14 and 15 of /proc/PID/stat); 0 when gone.
+/// The fields of /proc/PID/stat after the command name (the man page's field 3 is index 0);
+/// `None` when the process is gone.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// user + system CPU ticks of `pid` so far; 0 when gone.
 pub fn cpu_ticks(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after the name, field 3 of the man page is index 0: utime is 14 → 11, stime 15 → 12
-    fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()
+    let (user, system) = cpu_ticks_split(pid);
+    user + system
 }
 
-/// user and system CPU ticks of `pid` so far, apart; (0, 0) when gone.
+/// user and system CPU ticks of `pid` so far (fields 14 and 15), apart; (0, 0) when gone.
 pub fn cpu_ticks_split(pid: u32) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return (0.0, 0.0);
-    };
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    (
-        fields[11].parse::<f64>().unwrap(),
-        fields[12].parse::<f64>().unwrap(),
-    )
+    stat_fields(pid).map_or((0.0, 0.0), |fields| {
+        (fields[11].parse().unwrap(), fields[12].parse().unwrap())
+    })
 }
 
-/// The processes whose parent is `pid` (an nginx master's workers).
+/// The processes whose parent (field 4) is `pid` (an nginx master's workers).
 pub fn children(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
-                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-                after_name.split_whitespace().nth(1) == Some(&pid.to_string())
-            })
-        })
+        .filter(|child| stat_fields(*child).is_some_and(|f| f[1] == pid.to_string()))
         .collect()
 }
 
