@@ -74,7 +74,6 @@ pub struct Agents {
 struct Idle {
     by_agent: HashMap<Arc<str>, Agent, foldhash::fast::RandomState>,
     count: usize,
-    next_sweep: Option<Instant>,
 }
 
 /// One agent's parked connections, least recently used first, and the map's key again (so that
@@ -172,7 +171,6 @@ impl Agents {
     fn checkout(&self, host: &str) -> Option<(SendRequest<Body>, Arc<str>)> {
         let now = Instant::now();
         let mut idle = self.lock();
-        idle.sweep(now);
         let Idle {
             by_agent, count, ..
         } = &mut *idle;
@@ -275,14 +273,7 @@ impl Agents {
 }
 
 impl Idle {
-    /// Closes what idled past its timeout, at most once per second.
-    fn sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_some_and(|next| now < next) {
-            return;
-        }
-        self.sweep_all(now);
-    }
-
+    /// Closes what idled past its timeout or was closed by the agent.
     fn sweep_all(&mut self, now: Instant) {
         self.by_agent.retain(|_, agent| {
             agent
@@ -291,7 +282,6 @@ impl Idle {
             !agent.parked.is_empty()
         });
         self.count = self.by_agent.values().map(|a| a.parked.len()).sum();
-        self.next_sweep = Some(now + Duration::from_secs(1));
     }
 }
 
