@@ -1,0 +1,661 @@
+//! HTTP/1.1 toward agents, as bytes: the request head the gateway writes, the response head it
+//! reads, and how the response body is delimited (RFC 9112 §6). No I/O here.
+//!
+//! Strict where a lenient reading could make the gateway and the agent disagree on where a
+//! response ends — on a pooled connection that would hand one caller's response to the next:
+//! a response with both `Transfer-Encoding` and `Content-Length`, a `Content-Length` that is not
+//! one decimal number, a malformed chunk, a head over [`MAX_HEAD`] bytes or [`MAX_HEADERS`]
+//! fields is an error, and its connection is closed.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// The largest response head accepted (hyper's default read buffer limit is larger; nginx's
+/// `proxy_buffer_size` is 4–8 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with extensions) and the most trailer bytes accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an agent's response cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed response from the agent: {}", self.0)
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+impl From<Malformed> for std::io::Error {
+    fn from(m: Malformed) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, m)
+    }
+}
+
+/// How a request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    /// `Content-Length: n` (0 is written only for methods that usually carry a body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the length is not known up front.
+    Chunked,
+}
+
+/// Appends a request head to `out`: `method path HTTP/1.1`, `host`, the framing header of
+/// `body`, then `headers` (whatever framing headers they carry are left out: this head's
+/// framing is the one the body is written with).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    host: &str,
+    headers: &HeaderMap,
+    body: RequestBody,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match body {
+        RequestBody::Length(0) if matches!(*method, Method::GET | Method::HEAD) => {}
+        RequestBody::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    for (name, value) in headers {
+        if matches!(
+            *name,
+            http::header::HOST | http::header::CONTENT_LENGTH | http::header::TRANSFER_ENCODING
+        ) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked request body (`data` not empty).
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked request body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, a 204, a 304.
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: …, chunked`.
+    Chunked,
+    /// Until the agent closes the connection.
+    UntilClose,
+}
+
+/// A final response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body has been read.
+    pub keep_alive: bool,
+}
+
+/// What the start of a buffer holds.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response of this many bytes, to be skipped.
+    Interim(usize),
+    /// A final response head.
+    Final(Head),
+}
+
+/// Parses the response head at the start of `buf`, the answer to a `method` request. On
+/// `Final`, the head's bytes have been split off `buf` (the header values share them).
+pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Malformed> {
+    // Neither array is zeroed first: at 100 fields that alone would cost more than the parse.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Malformed("head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(Malformed("too many header fields")),
+        Err(_) => return Err(Malformed("invalid head")),
+    };
+    if len > MAX_HEAD {
+        return Err(Malformed("head too large"));
+    }
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Malformed("protocol switch not asked for"));
+    }
+    if status.is_informational() {
+        return Ok(Parsed::Interim(len));
+    }
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Where each field's name and value lie in `buf`, so that once the head is split off and
+    // frozen the values can share its bytes instead of each being copied.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut many: Vec<(usize, usize, usize, usize)>;
+    let mut few = [(0, 0, 0, 0); 16];
+    let count = response.headers.len();
+    let spans = if count <= few.len() {
+        &mut few[..count]
+    } else {
+        many = vec![(0, 0, 0, 0); count];
+        &mut many[..]
+    };
+    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+        let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = version == Version::HTTP_10;
+    for &mut (name_start, name_end, start, end) in spans {
+        let name = HeaderName::from_bytes(&head[name_start..name_end])
+            .map_err(|_| Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Malformed("invalid header value"))?;
+        match name {
+            http::header::CONTENT_LENGTH => {
+                let n = content_length(value.as_bytes())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Malformed("conflicting Content-Length"));
+                }
+                length = Some(n);
+                continue; // written once below
+            }
+            http::header::TRANSFER_ENCODING => {
+                // The last coding of the last field decides (RFC 9112 §6.3).
+                chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+            }
+            http::header::CONNECTION if has_token(value.as_bytes(), b"close") => close = true,
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let no_body = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if let Some(n) = length {
+        if chunked.is_some() {
+            return Err(Malformed("both Transfer-Encoding and Content-Length"));
+        }
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let framing = match (no_body, chunked, length) {
+        (true, _, _) => Framing::Empty,
+        (false, Some(true), _) => Framing::Chunked,
+        (false, Some(false), _) => Framing::UntilClose,
+        (false, None, Some(n)) => Framing::Length(n),
+        (false, None, None) => Framing::UntilClose,
+    };
+    Ok(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        keep_alive: !close && framing != Framing::UntilClose,
+        framing,
+    }))
+}
+
+/// `Content-Length`: one decimal number, or a list of the same one (`5, 5`).
+fn content_length(value: &[u8]) -> Result<u64, Malformed> {
+    let mut found = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = trim(part);
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Malformed("invalid Content-Length"));
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(Malformed("conflicting Content-Length"));
+        }
+        found = Some(n);
+    }
+    found.ok_or(Malformed("invalid Content-Length"))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+fn last_token_is(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .map(trim)
+        .rfind(|t| !t.is_empty())
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Within a chunk's data, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields (dropped), then an empty line; this many bytes
+    /// of them seen so far.
+    Trailers(usize),
+    /// The body is complete.
+    Done,
+}
+
+/// One step of chunked decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Body bytes.
+    Data(Bytes),
+    /// `buf` holds too little to go on: read more.
+    NeedMore,
+    /// The body ended (the bytes after it stay in `buf`).
+    Done,
+}
+
+impl Chunked {
+    /// Decodes from the start of `buf`, consuming what it decodes.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
+        loop {
+            match *self {
+                Chunked::Done => return Ok(Step::Done),
+                Chunked::Size => {
+                    let Some(line) = line(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = chunk_size(&buf[..line])?;
+                    let _ = buf.split_to(line + 2);
+                    *self = if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Malformed("chunk data not followed by CRLF"));
+                    }
+                    let _ = buf.split_to(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers(seen) => {
+                    let Some(line) = line(buf, MAX_TRAILERS.saturating_sub(seen + 2))? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let _ = buf.split_to(line + 2);
+                    *self = if line == 0 {
+                        Chunked::Done
+                    } else {
+                        Chunked::Trailers(seen + line + 2)
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The length of the CRLF-terminated line at the start of `buf` (without the CRLF), `None` if
+/// it is not all there yet; a line longer than `max`, or with a bare CR or LF, is an error.
+fn line(buf: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
+    let window = &buf[..buf.len().min(max + 2)];
+    match window.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(i) if window[i] == b'\n' => Err(Malformed("bare LF")),
+        Some(i) if i + 1 == window.len() => {
+            if window.len() == buf.len() {
+                Ok(None) // the LF has not arrived yet
+            } else {
+                Err(Malformed("line too long"))
+            }
+        }
+        Some(i) if window[i + 1] == b'\n' => Ok(Some(i)),
+        Some(_) => Err(Malformed("bare CR")),
+        None if window.len() == buf.len() && buf.len() <= max => Ok(None),
+        None => Err(Malformed("line too long")),
+    }
+}
+
+/// A chunk-size line: hexadecimal digits, then optional extensions (`;name=value`), ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Malformed("invalid chunk size"));
+    }
+    let rest = trim(&line[digits..]);
+    if !(rest.is_empty() || rest[0] == b';') {
+        return Err(Malformed("invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16).unwrap_or(0);
+        (n << 4) | u64::from(v)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, method: Method) -> Result<(Head, BytesMut), Malformed> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        match parse_response_head(&mut buf, &method)? {
+            Parsed::Final(head) => Ok((head, buf)),
+            other => panic!("not a final head: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_response_is_delimited_by_its_length() {
+        let (head, rest) = parse(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            Method::POST,
+        )
+        .unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.keep_alive);
+        assert_eq!(head.headers["content-type"], "application/json");
+        assert_eq!(head.headers["content-length"], "2");
+        assert_eq!(&rest[..], b"{}", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &str, method: Method| parse(raw, method).map(|(h, _)| h.framing);
+        let ok = "HTTP/1.1 200 OK\r\n";
+        assert_eq!(
+            framing(
+                &format!("{ok}transfer-encoding: chunked\r\n\r\n"),
+                Method::GET
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}transfer-encoding: gzip, Chunked\r\n\r\n"),
+                Method::GET
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}transfer-encoding: chunked, gzip\r\n\r\n"),
+                Method::GET
+            ),
+            Ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            framing(&format!("{ok}\r\n"), Method::GET),
+            Ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            framing(&format!("{ok}content-length: 10\r\n\r\n"), Method::HEAD),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n",
+                Method::GET
+            ),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}content-length: 5, 5\r\ncontent-length: 5\r\n\r\n"),
+                Method::GET
+            ),
+            Ok(Framing::Length(5))
+        );
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        let ok = "HTTP/1.1 200 OK\r\n";
+        for fields in [
+            "content-length: 5\r\ntransfer-encoding: chunked\r\n",
+            "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
+            "content-length: 5\r\ncontent-length: 6\r\n",
+            "content-length: 5, 6\r\n",
+            "content-length: +5\r\n",
+            "content-length: -1\r\n",
+            "content-length: 0x10\r\n",
+            "content-length: \r\n",
+            "content-length: 99999999999999999999\r\n",
+        ] {
+            let raw = format!("{ok}{fields}\r\n");
+            assert!(parse(&raw, Method::GET).is_err(), "{fields:?} accepted");
+        }
+    }
+
+    #[test]
+    fn keep_alive_unless_the_agent_says_otherwise() {
+        let alive = |raw: &str| parse(raw, Method::GET).unwrap().0.keep_alive;
+        assert!(alive("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!alive(
+            "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!alive(
+            "HTTP/1.1 200 OK\r\nconnection: upgrade, close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!alive("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!alive("HTTP/1.1 200 OK\r\n\r\n"), "delimited by the close");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_a_switch_is_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"[..]);
+        match parse_response_head(&mut buf, &Method::POST) {
+            Ok(Parsed::Interim(25)) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
+        assert!(parse_response_head(&mut buf, &Method::GET).is_err());
+    }
+
+    #[test]
+    fn heads_are_bounded() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        assert!(matches!(
+            parse_response_head(&mut buf, &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        buf.extend_from_slice(format!("x: {}\r\n", "a".repeat(MAX_HEAD)).as_bytes());
+        assert!(parse_response_head(&mut buf, &Method::GET).is_err());
+        let many = "x: y\r\n".repeat(MAX_HEADERS + 1);
+        let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes());
+        assert!(parse_response_head(&mut buf, &Method::GET).is_err());
+        for bad in [
+            "HTTP/1.1 200 OK\r\nx y: z\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\x01b\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad.as_bytes());
+            assert!(
+                parse_response_head(&mut buf, &Method::GET).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    /// Decodes `raw` fed in pieces of `piece` bytes; the data and what is left after the body.
+    fn decode(raw: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match state.step(&mut buf)? {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::Done => return Ok((data, [&buf[..], &raw[fed..]].concat())),
+                Step::NeedMore if fed == raw.len() => return Err(Malformed("truncated")),
+                Step::NeedMore => {
+                    let end = (fed + piece).min(raw.len());
+                    buf.extend_from_slice(&raw[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_arrive() {
+        let raw = b"5\r\nhello\r\n6;name=value\r\n world\r\nA \r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for piece in 1..raw.len() {
+            let (data, rest) = decode(raw, piece).unwrap();
+            assert_eq!(data, b"hello world0123456789", "in pieces of {piece}");
+            assert_eq!(rest, b"NEXT", "in pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"5\r\nhelloXX0\r\n\r\n"[..],
+            b"g\r\n",
+            b"\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode(bad, 1).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
+        assert!(decode(long_line.as_bytes(), 1000).is_err());
+        let long_trailers = format!("0\r\n{}\r\n", "x: y\r\n".repeat(MAX_TRAILERS / 6 + 1));
+        assert!(decode(long_trailers.as_bytes(), 1000).is_err());
+        assert_eq!(
+            decode(b"ffffffffffffffff\r\n", 100),
+            Err(Malformed("truncated")),
+            "the largest size parses (and then waits for its data)"
+        );
+    }
+
+    #[test]
+    fn the_request_head_carries_its_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("host", HeaderValue::from_static("client.example"));
+        headers.append("x-many", HeaderValue::from_static("1"));
+        headers.append("x-many", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &Method::POST,
+            "/a?b=c",
+            "agent:9000",
+            &headers,
+            RequestBody::Length(2),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=c HTTP/1.1\r\nhost: agent:9000\r\ncontent-length: 2\r\n\
+             content-type: application/json\r\nx-many: 1\r\nx-many: 2\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            "a",
+            &HeaderMap::new(),
+            RequestBody::Length(0),
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &Method::PUT,
+            "/",
+            "a",
+            &HeaderMap::new(),
+            RequestBody::Chunked,
+        );
+        write_chunk(&mut out, &[b'x'; 26]);
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("PUT / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n1a\r\n{}\r\n0\r\n\r\n", "x".repeat(26))
+        );
+    }
+}
