@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -52,9 +53,8 @@ pub const MAX_IDLE: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8 * 1024;
-/// A request body of at most this many bytes, with its length known, is sent in one write
-/// with the head (and can be sent again on another connection if the first was found closed).
-const WHOLE_BODY: u64 = 64 * 1024;
+/// The request's first write: its head and what of its body has arrived, up to about this.
+const FIRST_WRITE: usize = 64 * 1024;
 
 /// Why a request did not reach the agent.
 #[derive(Debug)]
@@ -92,6 +92,9 @@ pub struct Agents {
     /// `gateway_agent_connections_opened_total`: with keep-alive working it stays near the
     /// number of requests in flight at once, not the number of requests.
     opened: metrics::Counter,
+    /// `gateway_agent_requests_resent_total`: requests sent again on a new connection after a
+    /// pooled one turned out closed.
+    resent: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -146,10 +149,6 @@ impl Conn {
         // so dropping the future then loses nothing.
         std::future::Future::poll(std::pin::pin!(self.io.read_buf(&mut self.read)), cx)
     }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
 }
 
 impl Agents {
@@ -161,6 +160,7 @@ impl Agents {
             idle: Mutex::new(Idle::default()),
             connect_timeout,
             opened: metrics::counter!("gateway_agent_connections_opened_total"),
+            resent: metrics::counter!("gateway_agent_requests_resent_total"),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = Arc::downgrade(&agents);
@@ -181,10 +181,16 @@ impl Agents {
     }
 
     /// Sends `request` (its URI absolute, `http://host[:port]/path?query`) on an idle
-    /// connection to its agent, or a new one, and reads the response head. A request whose
-    /// pooled connection turns out closed before any of the response arrived is sent again on
-    /// a new connection when that is safe: it was not written at all, or it is idempotent
-    /// (RFC 9110 §9.2.2) and was sent whole in one write.
+    /// connection to its agent, or a new one, and reads the response head.
+    ///
+    /// The request body is not waited for: what of it has arrived goes out with the head, in
+    /// one write, the rest as it comes; meanwhile the response is read, so an agent that
+    /// answers before it has read the whole body (a 413, a 401) is heard at once.
+    ///
+    /// A pooled connection may turn out closed by the agent as the request went out. The
+    /// request is then sent once more, on a new connection, when that cannot make the agent act
+    /// twice: nothing of it was written, or it is idempotent (RFC 9110 §9.2.2), went out whole
+    /// in its first write and no byte of a response came back.
     pub async fn send(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Error> {
         let (parts, mut body) = request.into_parts();
         if parts.uri.scheme() != Some(&http::uri::Scheme::HTTP) {
@@ -201,75 +207,71 @@ impl Agents {
             None => authority.as_str(),
         };
         let length = body.size_hint().exact();
-        let framing = match length {
-            Some(n) => RequestBody::Length(n),
-            None => RequestBody::Chunked,
+        let mut outgoing = Outgoing {
+            framing: match length {
+                Some(n) => RequestBody::Length(n),
+                None => RequestBody::Chunked,
+            },
+            sent: 0,
+            ended: body.is_end_stream(),
         };
-        // Sized for a typical head and the body, so that it is not grown as it is written.
-        let body_bytes = length.filter(|&n| n <= WHOLE_BODY).unwrap_or(0) as usize;
-        let mut request_bytes =
-            Vec::with_capacity(256 + 64 * parts.headers.len() + path.len() + body_bytes);
+        let mut first = Vec::with_capacity(256 + 64 * parts.headers.len() + path.len());
         wire::write_request_head(
-            &mut request_bytes,
+            &mut first,
             &parts.method,
             path,
             host,
             &parts.headers,
-            framing,
+            outgoing.framing,
         );
-        // A small body of known length goes with the head, in one write: usually it has
-        // arrived with the client's head, and the request can be sent again as it is.
-        let whole = length.is_some_and(|n| n <= WHOLE_BODY);
-        if whole && length != Some(0) {
-            let expected = length.unwrap_or(0);
-            let start = request_bytes.len();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Error::RequestBody)?;
-                if let Some(data) = frame.data_ref() {
-                    request_bytes.extend_from_slice(data);
-                    if (request_bytes.len() - start) as u64 > expected {
-                        return Err(Error::RequestBody);
-                    }
-                }
-            }
-            if ((request_bytes.len() - start) as u64) != expected {
-                return Err(Error::RequestBody);
+        // What of the body is here already (a JSON-RPC call's usually arrived with its head).
+        while !outgoing.ended && first.len() < FIRST_WRITE {
+            match body.frame().now_or_never() {
+                None => break,
+                Some(frame) => outgoing.add(frame, &body, &mut first)?,
             }
         }
-        let replayable = whole && is_idempotent(&parts.method);
+        let replayable = outgoing.ended && is_idempotent(&parts.method);
+        let mut retried = false;
         loop {
-            let (mut conn, key, reused) = match self.checkout(host) {
+            let pooled = if retried { None } else { self.checkout(host) };
+            let (mut conn, key, reused) = match pooled {
                 Some((conn, key)) => (conn, key, true),
                 None => (self.connect(authority).await?, Arc::from(host), false),
             };
-            if let Err(e) = conn.io.write_all(&request_bytes).await {
-                // The agent cannot have acted on a request it did not receive whole, and the
-                // body (unless it went with the head) is not touched yet.
-                if reused {
-                    continue;
+            match exchange(&mut conn, &first, &mut body, &mut outgoing, &parts.method).await {
+                Ok((head, sent_whole)) => return Ok(self.response(conn, key, head, sent_whole)),
+                Err(failure) => {
+                    let safe = failure.nothing_written
+                        || (replayable && matches!(failure.head, HeadError::Closed));
+                    if reused && !retried && safe {
+                        retried = true;
+                        self.resent.increment(1);
+                        continue;
+                    }
+                    return Err(match failure.head {
+                        HeadError::Closed => Error::Io(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the agent closed the connection without answering",
+                        )),
+                        HeadError::Io(e) => Error::Io(e),
+                        HeadError::Malformed(m) => Error::Malformed(m),
+                        HeadError::RequestBody => Error::RequestBody,
+                    });
                 }
-                return Err(Error::Io(e));
-            }
-            if !whole {
-                send_body(&mut conn, &mut body, length).await?;
-            }
-            match read_head(&mut conn, &parts.method).await {
-                Ok(head) => {
-                    return Ok(self.response(conn, key, head));
-                }
-                // Closed before a byte of the response: a pooled connection the agent had
-                // closed as the request went out.
-                Err(HeadError::Closed) if reused && replayable => continue,
-                Err(HeadError::Closed) => {
-                    return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()))
-                }
-                Err(HeadError::Io(e)) => return Err(Error::Io(e)),
-                Err(HeadError::Malformed(m)) => return Err(Error::Malformed(m)),
             }
         }
     }
 
-    fn response(self: &Arc<Self>, conn: Conn, key: Arc<str>, head: wire::Head) -> Response<Body> {
+    /// The response to hand on; its connection is reused after its body only if the request
+    /// went out whole (after an early response the agent may still be reading it).
+    fn response(
+        self: &Arc<Self>,
+        conn: Conn,
+        key: Arc<str>,
+        head: wire::Head,
+        sent_whole: bool,
+    ) -> Response<Body> {
         let state = match head.framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -279,14 +281,15 @@ impl Agents {
         let mut body = AgentBody {
             conn: Some(conn),
             state,
-            back: head.keep_alive.then(|| (self.clone(), key)),
+            back: (head.keep_alive && sent_whole).then(|| (self.clone(), key)),
         };
         if body.state == State::Done {
             body.finish();
         }
         let mut response = Response::new(Body::new(body));
+        // The version stays HTTP/1.1: an HTTP/1.0 agent's would make the server answer the
+        // client in 1.0 and close its connection.
         *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
         response
     }
@@ -388,36 +391,55 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Streams a request body that did not go with the head: `Content-Length` bodies as they are
-/// (and no more or fewer bytes than announced), the others chunked.
-async fn send_body(conn: &mut Conn, body: &mut Body, length: Option<u64>) -> Result<(), Error> {
-    let mut sent = 0u64;
-    let mut chunk = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Error::RequestBody)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
-        };
-        if data.is_empty() {
-            continue;
-        }
-        sent += data.len() as u64;
-        let bytes = match length {
-            Some(n) if sent > n => return Err(Error::RequestBody),
-            Some(_) => &data[..],
-            None => {
-                chunk.clear();
-                wire::write_chunk(&mut chunk, &data);
-                &chunk[..]
+/// How much of a request body has gone into the request, and how.
+struct Outgoing {
+    framing: RequestBody,
+    /// Body bytes taken so far.
+    sent: u64,
+    /// The body has been taken whole (and the chunked terminator written, if chunked).
+    ended: bool,
+}
+
+impl Outgoing {
+    /// Encodes one polled frame of `body` onto `out`; at the body's end, checks its length
+    /// against the one announced and ends a chunked body. Trailers are not forwarded.
+    fn add(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, axum::Error>>,
+        body: &Body,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        match frame {
+            None => self.ended = true,
+            Some(Err(_)) => return Err(Error::RequestBody),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    self.sent += data.len() as u64;
+                    match self.framing {
+                        RequestBody::Length(n) if self.sent > n => return Err(Error::RequestBody),
+                        RequestBody::Length(_) => out.extend_from_slice(data),
+                        RequestBody::Chunked => wire::write_chunk(out, data),
+                    }
+                }
+                self.ended = body.is_end_stream();
             }
-        };
-        conn.io.write_all(bytes).await.map_err(Error::Io)?;
+        }
+        if self.ended {
+            match self.framing {
+                RequestBody::Length(n) if self.sent != n => return Err(Error::RequestBody),
+                RequestBody::Length(_) => {}
+                RequestBody::Chunked => out.extend_from_slice(wire::LAST_CHUNK),
+            }
+        }
+        Ok(())
     }
-    match length {
-        Some(n) if sent != n => Err(Error::RequestBody),
-        Some(_) => Ok(()),
-        None => conn.io.write_all(wire::LAST_CHUNK).await.map_err(Error::Io),
-    }
+}
+
+/// Why an exchange on one connection failed, and whether the request may go out again.
+struct Failure {
+    head: HeadError,
+    /// Not a byte of the request was written.
+    nothing_written: bool,
 }
 
 enum HeadError {
@@ -425,22 +447,91 @@ enum HeadError {
     Closed,
     Io(io::Error),
     Malformed(wire::Malformed),
+    /// The client's request body failed or did not match its length.
+    RequestBody,
 }
 
-/// Reads the final response head (interim 1xx responses are skipped).
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<wire::Head, HeadError> {
+/// Writes `first` and then the rest of `body`, while reading the final response head; the
+/// head, and whether the whole request went out before it came.
+async fn exchange(
+    conn: &mut Conn,
+    first: &[u8],
+    body: &mut Body,
+    outgoing: &mut Outgoing,
+    method: &Method,
+) -> Result<(wire::Head, bool), Failure> {
+    let Conn { io, read } = conn;
+    let (mut reader, mut writer) = io.split();
+    // Shared by the two halves below (a `Cell` would make the future `!Send`).
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let progress = || written.load(std::sync::atomic::Ordering::Relaxed);
+    let sending = async {
+        while progress() < first.len() {
+            match writer.write(&first[progress()..]).await {
+                Ok(0) => return Err(HeadError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
+        let mut chunk = Vec::new();
+        while !outgoing.ended {
+            let frame = body.frame().await;
+            chunk.clear();
+            outgoing
+                .add(frame, body, &mut chunk)
+                .map_err(|_| HeadError::RequestBody)?;
+            writer.write_all(&chunk).await.map_err(HeadError::Io)?;
+        }
+        Ok(())
+    };
+    let reading = read_head(&mut reader, read, method);
+    let (mut sending, mut reading) = (std::pin::pin!(sending), std::pin::pin!(reading));
+    let mut sent = None;
+    let head = loop {
+        tokio::select! {
+            biased;
+            done = &mut sending, if sent.is_none() => match done {
+                // The client's body failed: nothing more to wait for.
+                Err(HeadError::RequestBody) => {
+                    return Err(Failure { head: HeadError::RequestBody, nothing_written: false })
+                }
+                // A failed write: the agent may have answered and closed, so the reading
+                // goes on (a dead connection ends it at once).
+                done => sent = Some(done.is_ok()),
+            },
+            head = &mut reading => break head,
+        }
+    };
+    match head {
+        Ok(head) => Ok((head, sent == Some(true))),
+        Err(head) => Err(Failure {
+            head,
+            nothing_written: progress() == 0,
+        }),
+    }
+}
+
+/// Reads the final response head onto `buf` (interim 1xx responses are skipped).
+async fn read_head(
+    reader: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<wire::Head, HeadError> {
     let mut received = false;
     loop {
-        match wire::parse_response_head(&mut conn.read, method) {
+        match wire::parse_response_head(buf, method) {
             Ok(Parsed::Final(head)) => return Ok(head),
             Ok(Parsed::Interim(len)) => {
-                let _ = conn.read.split_to(len);
+                let _ = buf.split_to(len);
                 continue;
             }
             Ok(Parsed::Partial) => {}
             Err(m) => return Err(HeadError::Malformed(m)),
         }
-        match conn.fill().await {
+        buf.reserve(READ_SIZE);
+        match reader.read_buf(buf).await {
             Ok(0) if !received => return Err(HeadError::Closed),
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => received = true,
@@ -664,12 +755,23 @@ mod tests {
         drop(response); // empty: the connection goes back to the pool
     }
 
-    /// An agent that writes `answer` for every read of a request (the tests send one request
-    /// at a time, in one write), closing the connection after it with `close`; it counts the
-    /// connections it accepts and hands each request it read to the channel.
+    /// What a canned agent does after its answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        /// Waits for the next request.
+        Stay,
+        /// Closes the connection.
+        Close,
+        /// Reads the next request on the connection, then closes it without answering.
+        DropNext,
+    }
+
+    /// An agent that writes `answer` for each request (read whole: to the end of its head, then
+    /// its `Content-Length` or last chunk) and then does `then`; it counts the connections it
+    /// accepts and hands each request it read to the channel.
     async fn canned(
         answer: &'static [u8],
-        close: bool,
+        then: Then,
     ) -> (
         String,
         Arc<std::sync::atomic::AtomicUsize>,
@@ -685,30 +787,283 @@ mod tests {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let requests = requests.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    let mut request = Vec::new();
-                    loop {
-                        let n = match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        request.extend_from_slice(&buf[..n]);
-                        // A chunked request is read to its last chunk.
-                        let chunked = request
-                            .windows(26)
-                            .any(|w| w == b"transfer-encoding: chunked");
-                        if chunked && !request.ends_with(b"0\r\n\r\n") {
-                            continue;
-                        }
-                        let _ = requests.send(std::mem::take(&mut request));
-                        if stream.write_all(answer).await.is_err() || close {
+                    let mut pending = Vec::new();
+                    let mut answered = false;
+                    while let Some(request) = read_request(&mut stream, &mut pending).await {
+                        let _ = requests.send(request);
+                        if answered && then == Then::DropNext {
                             return;
                         }
+                        if stream.write_all(answer).await.is_err() || then == Then::Close {
+                            return;
+                        }
+                        answered = true;
                     }
                 });
             }
         });
         (url, accepted, received)
+    }
+
+    /// One whole request from `stream` (`pending` holds what was read past the last one);
+    /// `None` when the peer closed.
+    async fn read_request(
+        stream: &mut tokio::net::TcpStream,
+        pending: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(end) = request_end(pending) {
+                return Some(pending.drain(..end).collect());
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Where the request at the start of `bytes` ends, if it is all there.
+    fn request_end(bytes: &[u8]) -> Option<usize> {
+        let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&bytes[..head]).to_ascii_lowercase();
+        if text.contains("transfer-encoding: chunked") {
+            let end = bytes[head..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+            return Some(head + end + 5);
+        }
+        let length = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+        (bytes.len() >= head + length).then_some(head + length)
+    }
+
+    /// Requests the agent received so far.
+    fn drain(requests: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> usize {
+        std::iter::from_fn(|| requests.try_recv().ok()).count()
+    }
+
+    /// A POST the agent may have acted on is never sent twice; an idempotent request is sent
+    /// once more, on a new connection — not on the next pooled one, which may be as stale.
+    #[tokio::test]
+    async fn only_idempotent_requests_are_sent_again_and_only_once() {
+        let (url, count, mut requests) = canned(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::DropNext,
+        )
+        .await;
+        let agents = Agents::new(Duration::from_secs(1));
+        call(&agents, Method::POST, &url, Body::from("{}"))
+            .await
+            .unwrap();
+        // The pooled connection's next request is read and dropped unanswered.
+        let lost = call(&agents, Method::POST, &url, Body::from("{}")).await;
+        assert!(lost.is_err(), "{lost:?}");
+        // Wait for the agent to have seen both (the channel is fed as it reads).
+        for _ in 0..2 {
+            requests.recv().await.unwrap();
+        }
+        assert_eq!(
+            (drain(&mut requests), accepted(&count)),
+            (0, 1),
+            "the POST went out once"
+        );
+
+        // Three pooled connections, each of which will drop its next request.
+        let three = futures_util::future::join_all(
+            (0..3).map(|_| call(&agents, Method::GET, &url, Body::empty())),
+        )
+        .await;
+        assert!(three.iter().all(Result::is_ok));
+        assert_eq!(agents.lock().count, 3);
+        assert_eq!(accepted(&count), 4);
+        let (status, body) = call(&agents, Method::GET, &url, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"ok"[..]));
+        // Three for the pool, then the GET on a pooled connection and once more on a new one.
+        for _ in 0..5 {
+            requests.recv().await.unwrap();
+        }
+        assert_eq!(drain(&mut requests), 0);
+        assert_eq!(accepted(&count), 5, "the second send used a new connection");
+        assert_eq!(agents.lock().count, 3, "two pooled left, and the new one");
+    }
+
+    /// An agent that answers before reading the body — and then reads no more — is heard at
+    /// once, not after the upload times out.
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_read_comes_through() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/upload", listener.local_addr().unwrap());
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 1024];
+            let _ = stream.read(&mut head).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .await
+                .unwrap();
+            // Holds the connection open, reading nothing more, until the test is over.
+            let _ = finished.recv().await;
+        });
+        let agents = Agents::new(Duration::from_secs(1));
+        // Far more than the sockets' buffers take: its writing cannot finish.
+        let upload = Body::from(vec![b'x'; 64 << 20]);
+        let answered = tokio::time::timeout(
+            Duration::from_secs(30),
+            call(&agents, Method::POST, &url, upload),
+        )
+        .await
+        .expect("the early answer arrived while the body was still being sent");
+        let (status, body) = answered.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (http::StatusCode::PAYLOAD_TOO_LARGE, &b"big!"[..])
+        );
+        assert_eq!(
+            agents.lock().count,
+            0,
+            "a connection with a half-sent request is not reused"
+        );
+        drop(done);
+    }
+
+    /// A body that arrives over time is streamed behind the head with the length it announced;
+    /// nothing waits for it before the head goes out.
+    #[tokio::test]
+    async fn a_body_arriving_over_time_is_streamed_with_its_length() {
+        let (url, _, mut requests) = canned(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Stay,
+        )
+        .await;
+        let agents = Agents::new(Duration::from_secs(1));
+        let (feed, frames) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let total = 300 * 1024;
+        let body = Body::new(Announced {
+            frames,
+            left: total,
+        });
+        let caller = tokio::spawn({
+            let agents = agents.clone();
+            let url = url.clone();
+            async move { call(&agents, Method::PUT, &url, body).await }
+        });
+        for _ in 0..300 {
+            feed.send(Bytes::from(vec![b'y'; 1024])).await.unwrap();
+        }
+        let (status, _) = caller.await.unwrap().unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        let request = requests.recv().await.unwrap();
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+        assert!(head.contains("\r\ncontent-length: 307200\r\n"), "{head}");
+        assert_eq!(request.len() - head_end, total as usize);
+        assert!(request[head_end..].iter().all(|&b| b == b'y'));
+    }
+
+    /// A body of announced length whose frames come from a channel.
+    struct Announced {
+        frames: tokio::sync::mpsc::Receiver<Bytes>,
+        left: u64,
+    }
+
+    impl HttpBody for Announced {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            let frame = std::task::ready!(self.frames.poll_recv(cx));
+            if let Some(data) = &frame {
+                self.left -= data.len() as u64;
+            }
+            Poll::Ready(frame.map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.left == 0
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.left)
+        }
+    }
+
+    /// Bytes an agent sends on a parked connection (a late, unasked-for response) would be read
+    /// as the next caller's answer: the connection is closed as soon as they are seen.
+    #[tokio::test]
+    async fn a_parked_connection_that_receives_bytes_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (stray, mut stray_now) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                n += 1;
+                let mut pending = Vec::new();
+                read_request(&mut stream, &mut pending).await.unwrap();
+                let own = if n == 1 { &b"first"[..] } else { &b"other"[..] };
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+                stream.write_all(&[&head[..], own].concat()).await.unwrap();
+                if n == 1 {
+                    let _ = stray_now.recv().await;
+                    let late = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstolen";
+                    stream.write_all(late).await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    });
+                }
+            }
+        });
+        let agents = Agents::new(Duration::from_secs(1));
+        let (_, body) = call(&agents, Method::GET, &url, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"first");
+        assert_eq!(agents.lock().count, 1);
+        stray.send(()).unwrap();
+        // Polled with a deadline: the runtime notes the socket readable once the bytes land.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agents.lock().count > 0 {
+            assert!(Instant::now() < deadline, "the parked connection was kept");
+            tokio::task::yield_now().await;
+            agents.lock().sweep_all(Instant::now());
+        }
+        let (_, body) = call(&agents, Method::GET, &url, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"other");
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_close_delimited_bodies_end_at_the_close() {
+        let (url, count, _) = canned(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Stay,
+        )
+        .await;
+        let agents = Agents::new(Duration::from_secs(1));
+        for _ in 0..2 {
+            let (status, body) = call(&agents, Method::POST, &url, Body::from("{}"))
+                .await
+                .unwrap();
+            assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"ok"[..]));
+        }
+        assert_eq!(accepted(&count), 1);
+        let (url, count, _) = canned(b"HTTP/1.1 200 OK\r\n\r\nuntil the close", Then::Close).await;
+        for _ in 0..2 {
+            let (_, body) = call(&agents, Method::GET, &url, Body::empty())
+                .await
+                .unwrap();
+            assert_eq!(&body[..], b"until the close");
+        }
+        assert_eq!(accepted(&count), 2, "not reused");
     }
 
     async fn call(
@@ -740,7 +1095,7 @@ mod tests {
     async fn chunked_responses_are_decoded_and_their_connection_reused() {
         let (url, count, _) = canned(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
-            false,
+            Then::Stay,
         )
         .await;
         let agents = Agents::new(Duration::from_secs(1));
@@ -760,7 +1115,7 @@ mod tests {
     async fn bytes_past_the_response_close_the_connection() {
         let (url, count, _) = canned(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstolen",
-            false,
+            Then::Stay,
         )
         .await;
         let agents = Agents::new(Duration::from_secs(1));
@@ -777,7 +1132,11 @@ mod tests {
     /// on new connections.
     #[tokio::test]
     async fn an_agent_closing_idle_connections_fails_no_call() {
-        let (url, count, _) = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+        let (url, count, _) = canned(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Close,
+        )
+        .await;
         let agents = Agents::new(Duration::from_secs(1));
         for method in [Method::GET, Method::PUT, Method::GET] {
             let (status, body) = call(&agents, method, &url, Body::empty()).await.unwrap();
@@ -790,14 +1149,18 @@ mod tests {
     async fn ambiguous_and_cut_responses_are_errors() {
         let (url, _, _) = canned(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            false,
+            Then::Stay,
         )
         .await;
         let agents = Agents::new(Duration::from_secs(1));
         let sent = call(&agents, Method::GET, &url, Body::empty()).await;
         assert!(matches!(sent, Err(Error::Malformed(_))), "{sent:?}");
         // Closed three bytes into a ten-byte body.
-        let (url, _, _) = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true).await;
+        let (url, _, _) = canned(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            Then::Close,
+        )
+        .await;
         let response = agents
             .send(Request::get(&url).body(Body::empty()).unwrap())
             .await
@@ -812,7 +1175,7 @@ mod tests {
     /// (the client's own `Content-Length` and `Transfer-Encoding` never reach the agent).
     #[tokio::test]
     async fn request_bodies_carry_their_own_framing() {
-        let (url, _, mut requests) = canned(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let (url, _, mut requests) = canned(b"HTTP/1.1 204 No Content\r\n\r\n", Then::Stay).await;
         let agents = Agents::new(Duration::from_secs(1));
         let chunks = futures_util::stream::iter(
             ["ab", "cde"].map(|c| Ok::<_, io::Error>(Bytes::from_static(c.as_bytes()))),

@@ -18,7 +18,7 @@ use tower_budget::layer::BudgetDecision;
 use tower_budget::store::{Registry, StoreError};
 use tower_budget::WorkspaceId;
 
-use crate::agents::Agents;
+use crate::agents::{Agents, Error as AgentError};
 use crate::card;
 
 /// Largest agent card the gateway rewrites.
@@ -305,8 +305,16 @@ impl Inner {
         {
             Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
             Ok(Err(e)) => {
-                tracing::debug!(%workspace, error = %e, "agent unreachable");
-                return error(StatusCode::BAD_GATEWAY, "agent unreachable");
+                tracing::debug!(%workspace, error = %e, "agent call failed");
+                return match e {
+                    AgentError::Malformed(_) => {
+                        error(StatusCode::BAD_GATEWAY, "agent response malformed")
+                    }
+                    AgentError::RequestBody => {
+                        error(StatusCode::BAD_REQUEST, "request body did not arrive whole")
+                    }
+                    _ => error(StatusCode::BAD_GATEWAY, "agent unreachable"),
+                };
             }
             Ok(Ok(r)) => r,
         };
@@ -389,10 +397,7 @@ impl Inner {
         known.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"))
     }
 
-    async fn inner_request(
-        &self,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, crate::agents::Error> {
+    async fn inner_request(&self, request: Request<Body>) -> Result<Response<Body>, AgentError> {
         self.agents.send(request).await
     }
 }

@@ -8,7 +8,7 @@
 //! fields is an error, and its connection is closed.
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// The largest response head accepted (hyper's default read buffer limit is larger; nginx's
 /// `proxy_buffer_size` is 4–8 KiB).
@@ -47,8 +47,9 @@ pub enum RequestBody {
 }
 
 /// Appends a request head to `out`: `method path HTTP/1.1`, `host`, the framing header of
-/// `body`, then `headers` (whatever framing headers they carry are left out: this head's
-/// framing is the one the body is written with).
+/// `body`, then `headers` — less whatever framing headers they carry (this head's framing is
+/// the one the body is written with) and `Expect` (the gateway sends the body without waiting
+/// for a `100 Continue`; the client had its own from the gateway's server).
 pub fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
@@ -75,7 +76,10 @@ pub fn write_request_head(
     for (name, value) in headers {
         if matches!(
             *name,
-            http::header::HOST | http::header::CONTENT_LENGTH | http::header::TRANSFER_ENCODING
+            http::header::HOST
+                | http::header::CONTENT_LENGTH
+                | http::header::TRANSFER_ENCODING
+                | http::header::EXPECT
         ) {
             continue;
         }
@@ -115,7 +119,6 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body has been read.
@@ -165,10 +168,10 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     if status.is_informational() {
         return Ok(Parsed::Interim(len));
     }
-    let version = match response.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
+    if *method == Method::CONNECT && status.is_success() {
+        return Err(Malformed("tunnel not supported"));
+    }
+    let http_10 = response.version != Some(1);
     // Where each field's name and value lie in `buf`, so that once the head is split off and
     // frozen the values can share its bytes instead of each being copied.
     let base = buf.as_ptr() as usize;
@@ -189,8 +192,12 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
-    let mut chunked = None;
-    let mut close = version == Version::HTTP_10;
+    let mut close = http_10;
+    // Transfer codings in order over all fields: only `chunked`, once and last, is read (the
+    // others would reach the client unlabelled once the hop-by-hop field is dropped).
+    let mut te_fields = 0;
+    let mut chunked_at_end = false;
+    let mut chunked_count = 0;
     for &mut (name_start, name_end, start, end) in spans {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| Malformed("invalid header name"))?;
@@ -206,8 +213,14 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
                 continue; // written once below
             }
             http::header::TRANSFER_ENCODING => {
-                // The last coding of the last field decides (RFC 9112 §6.3).
-                chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+                te_fields += 1;
+                for coding in value.as_bytes().split(|&b| b == b',').map(trim) {
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    chunked_at_end = coding.eq_ignore_ascii_case(b"chunked");
+                    chunked_count += usize::from(chunked_at_end);
+                }
             }
             http::header::CONNECTION if has_token(value.as_bytes(), b"close") => close = true,
             _ => {}
@@ -217,22 +230,24 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    let chunked = te_fields > 0;
+    if chunked && !(chunked_at_end && chunked_count == 1) {
+        return Err(Malformed("transfer coding other than a final chunked"));
+    }
     if let Some(n) = length {
-        if chunked.is_some() {
+        if chunked {
             return Err(Malformed("both Transfer-Encoding and Content-Length"));
         }
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let framing = match (no_body, chunked, length) {
         (true, _, _) => Framing::Empty,
-        (false, Some(true), _) => Framing::Chunked,
-        (false, Some(false), _) => Framing::UntilClose,
-        (false, None, Some(n)) => Framing::Length(n),
-        (false, None, None) => Framing::UntilClose,
+        (false, true, _) => Framing::Chunked,
+        (false, false, Some(n)) => Framing::Length(n),
+        (false, false, None) => Framing::UntilClose,
     };
     Ok(Parsed::Final(Head {
         status,
-        version,
         headers,
         keep_alive: !close && framing != Framing::UntilClose,
         framing,
@@ -271,13 +286,6 @@ fn trim(mut s: &[u8]) -> &[u8] {
 fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|t| trim(t).eq_ignore_ascii_case(token))
-}
-
-fn last_token_is(list: &[u8], token: &[u8]) -> bool {
-    list.split(|&b| b == b',')
-        .map(trim)
-        .rfind(|t| !t.is_empty())
-        .is_some_and(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Where a chunked body's decoding stands.
@@ -448,10 +456,10 @@ mod tests {
         );
         assert_eq!(
             framing(
-                &format!("{ok}transfer-encoding: chunked, gzip\r\n\r\n"),
+                &format!("{ok}transfer-encoding: gzip\r\ntransfer-encoding: , chunked\r\n\r\n"),
                 Method::GET
             ),
-            Ok(Framing::UntilClose)
+            Ok(Framing::Chunked)
         );
         assert_eq!(
             framing(&format!("{ok}\r\n"), Method::GET),
@@ -494,6 +502,11 @@ mod tests {
             "content-length: 0x10\r\n",
             "content-length: \r\n",
             "content-length: 99999999999999999999\r\n",
+            "transfer-encoding: chunked, gzip\r\n",
+            "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
+            "transfer-encoding: chunked, chunked\r\n",
+            "transfer-encoding: gzip\r\n",
+            "transfer-encoding: \r\n",
         ] {
             let raw = format!("{ok}{fields}\r\n");
             assert!(parse(&raw, Method::GET).is_err(), "{fields:?} accepted");
@@ -523,6 +536,11 @@ mod tests {
         }
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         assert!(parse_response_head(&mut buf, &Method::GET).is_err());
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 Connection established\r\n\r\n"[..]);
+        assert!(
+            parse_response_head(&mut buf, &Method::CONNECT).is_err(),
+            "no tunnels"
+        );
     }
 
     #[test]
@@ -616,6 +634,7 @@ mod tests {
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("host", HeaderValue::from_static("client.example"));
+        headers.insert("expect", HeaderValue::from_static("100-continue"));
         headers.append("x-many", HeaderValue::from_static("1"));
         headers.append("x-many", HeaderValue::from_static("2"));
         let mut out = Vec::new();
