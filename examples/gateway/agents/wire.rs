@@ -190,7 +190,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         *span = (name, name + h.name.len(), value, value + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the gateway adds on the way back (request id, budget headers)
+    // without growing the map.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut close = http_10;
     // Transfer codings in order over all fields: only `chunked`, once and last, is read (the
