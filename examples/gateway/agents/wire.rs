@@ -195,10 +195,10 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut close = http_10;
-    // Transfer codings in order over all fields: only `chunked`, once and last, is read (the
-    // others would reach the client unlabelled once the hop-by-hop field is dropped).
+    // Transfer codings over all fields: only `chunked` alone is read (any other would reach the
+    // client unlabelled once the hop-by-hop field is dropped).
     let mut te_fields = 0;
-    let mut chunked_at_end = false;
+    let mut codings = 0;
     let mut chunked_count = 0;
     for &mut (name_start, name_end, start, end) in spans {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
@@ -220,8 +220,8 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
                     if coding.is_empty() {
                         continue;
                     }
-                    chunked_at_end = coding.eq_ignore_ascii_case(b"chunked");
-                    chunked_count += usize::from(chunked_at_end);
+                    codings += 1;
+                    chunked_count += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
                 }
             }
             http::header::CONNECTION if has_token(value.as_bytes(), b"close") => close = true,
@@ -233,14 +233,17 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let chunked = te_fields > 0;
-    if chunked && !(chunked_at_end && chunked_count == 1) {
-        return Err(Malformed("transfer coding other than a final chunked"));
+    if chunked && !(codings == 1 && chunked_count == 1) {
+        return Err(Malformed("transfer coding other than chunked alone"));
     }
     if let Some(n) = length {
         if chunked {
             return Err(Malformed("both Transfer-Encoding and Content-Length"));
         }
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        // A 204's or 304's would only make the server warn as it drops it.
+        if !(status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED) {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
     let framing = match (no_body, chunked, length) {
         (true, _, _) => Framing::Empty,
@@ -451,14 +454,7 @@ mod tests {
         );
         assert_eq!(
             framing(
-                &format!("{ok}transfer-encoding: gzip, Chunked\r\n\r\n"),
-                Method::GET
-            ),
-            Ok(Framing::Chunked)
-        );
-        assert_eq!(
-            framing(
-                &format!("{ok}transfer-encoding: gzip\r\ntransfer-encoding: , chunked\r\n\r\n"),
+                &format!("{ok}transfer-encoding: , Chunked\r\ntransfer-encoding: \r\n\r\n"),
                 Method::GET
             ),
             Ok(Framing::Chunked)
@@ -492,6 +488,31 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_passed_on_once_and_not_for_204_or_304() {
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\ncontent-length: 2\r\n\r\nok",
+            Method::GET,
+        )
+        .unwrap();
+        let lengths: Vec<_> = head.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["2"]);
+        for status in ["204 No Content", "304 Not Modified"] {
+            let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 10\r\n\r\n");
+            let (head, _) = parse(&raw, Method::GET).unwrap();
+            assert!(!head.headers.contains_key("content-length"), "{status}");
+        }
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            Method::HEAD,
+        )
+        .unwrap();
+        assert_eq!(
+            head.headers["content-length"], "10",
+            "a HEAD answer keeps its length"
+        );
+    }
+
+    #[test]
     fn ambiguous_lengths_are_refused() {
         let ok = "HTTP/1.1 200 OK\r\n";
         for fields in [
@@ -505,6 +526,8 @@ mod tests {
             "content-length: \r\n",
             "content-length: 99999999999999999999\r\n",
             "transfer-encoding: chunked, gzip\r\n",
+            "transfer-encoding: gzip, chunked\r\n",
+            "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
             "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
             "transfer-encoding: chunked, chunked\r\n",
             "transfer-encoding: gzip\r\n",
