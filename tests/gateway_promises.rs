@@ -439,8 +439,8 @@ async fn auth_matrix_with_rotated_removed_and_malformed_tokens() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// The request id reaches the agent and comes back to the client (tower-http's request-id
-/// layers); one the client sent is kept end to end.
+/// The request id reaches the agent and comes back to the client (`app::RequestIds`); one plain
+/// id the client sent is kept end to end, anything else is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_reach_the_agent_and_come_back() {
     let agent = Agent::start().await;
@@ -468,4 +468,25 @@ async fn request_ids_reach_the_agent_and_come_back() {
         .await;
     assert_eq!(r.headers["x-request-id"], "trace-abc");
     assert_eq!(r.json["headers"]["x-request-id"], "trace-abc");
+    // Two ids (a plain one first, to slip the second past a check of the first): both replaced.
+    let r = gw
+        .call_raw(
+            Method::GET,
+            "/workspaces/ws-1/a2a/echo",
+            None,
+            None,
+            &[
+                ("x-request-id", "trace-abc"),
+                ("x-request-id", "evil\tinjected"),
+            ],
+        )
+        .await;
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(id, "trace-abc");
+    assert_eq!(
+        r.json["headers"]["x-request-id"],
+        id.as_str(),
+        "{:?}",
+        r.json
+    );
 }

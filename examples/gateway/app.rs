@@ -16,9 +16,6 @@ use tower_budget::store::postgres::{
     migrate, ChangeListener, ListenOptions, ListenerState, PgStore, PoolOptions,
 };
 use tower_budget::store::{CachingStore, MemoryStore, Refresher, Store, DEFAULT_CACHE_TTL};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
@@ -411,9 +408,7 @@ where
         .layer(SetSensitiveRequestHeadersLayer::new([
             http::header::AUTHORIZATION,
         ]))
-        .layer(tower::util::MapRequestLayer::new(plain_request_id))
-        .layer(SetRequestIdLayer::x_request_id(NextRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower::layer::layer_fn(RequestIds))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -465,19 +460,88 @@ where
     }
 }
 
-/// A client's `x-request-id` is kept only when it is plain (`[A-Za-z0-9._-]`, 1–64 bytes): any
-/// other value is replaced by a fresh id, so logs never carry what a client chose to inject.
-fn plain_request_id(mut request: Request<Body>) -> Request<Body> {
-    let plain = request.headers().get("x-request-id").is_none_or(|v| {
-        (1..=64).contains(&v.len())
-            && v.as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    });
-    if !plain {
-        request.headers_mut().remove("x-request-id");
+/// The request id header.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Every request carries one `x-request-id`: the client's when it sent one plain value
+/// (`[A-Za-z0-9._-]`, 1–64 bytes), else a fresh one ([`next_request_id`]) — so logs never carry
+/// what a client chose to inject. It goes to the agent with the request, into the request's
+/// span, and back to the client on the response (unless the response has one already).
+///
+/// One service instead of tower-http's `SetRequestId` and `PropagateRequestId` (and a
+/// `map_request` for the check): those also put the id into the request's and the response's
+/// extensions — a map allocated for each, which nothing here reads — and clone it twice more
+/// (BENCHMARKS.md, "The gateway against nginx").
+#[derive(Clone)]
+struct RequestIds<S>(S);
+
+impl<S, B, RB> tower::Service<Request<B>> for RequestIds<S>
+where
+    S: tower::Service<Request<B>, Response = http::Response<RB>>,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = WithRequestId<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
     }
-    request
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let mut sent = request.headers().get_all(X_REQUEST_ID).iter();
+        let id = match (sent.next(), sent.next()) {
+            (Some(id), None) if is_plain_request_id(id) => id.clone(),
+            _ => {
+                let id = next_request_id();
+                request.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        WithRequestId {
+            inner: self.0.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+fn is_plain_request_id(id: &http::HeaderValue) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pin_project_lite::pin_project! {
+    struct WithRequestId<F> {
+        #[pin]
+        inner: F,
+        id: Option<http::HeaderValue>,
+    }
+}
+
+impl<F, RB, E> std::future::Future for WithRequestId<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<RB>, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            if !response.headers().contains_key(X_REQUEST_ID) {
+                response.headers_mut().insert(X_REQUEST_ID, id);
+            }
+        }
+        std::task::Poll::Ready(Ok(response))
+    }
 }
 
 /// One span per request (at debug level: `RUST_LOG=debug` or `tower_http=debug` shows them
@@ -494,40 +558,33 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
 
 /// Request ids: a random prefix per process and a counter — unique across replicas and restarts
 /// in practice, and cheap.
-#[derive(Clone, Copy)]
-struct NextRequestId;
-
-impl MakeRequestId for NextRequestId {
-    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        static PREFIX: OnceLock<u32> = OnceLock::new();
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let prefix = PREFIX.get_or_init(|| {
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            seed ^ std::process::id().rotate_left(16)
-        });
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Written into a stack buffer: `format!` would allocate a String only to copy it.
-        let mut id = [0u8; 8 + 1 + 16];
-        let mut len = 0;
-        for (value, digits) in [(u64::from(*prefix), 8), (n, 0)] {
-            if len > 0 {
-                id[len] = b'-';
-                len += 1;
-            }
-            let digits = digits
-                .max((64 - value.leading_zeros() as usize).div_ceil(4))
-                .max(1);
-            for i in (0..digits).rev() {
-                id[len] = b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize];
-                len += 1;
-            }
+fn next_request_id() -> http::HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        seed ^ std::process::id().rotate_left(16)
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Written into a stack buffer: `format!` would allocate a String only to copy it.
+    let mut id = [0u8; 8 + 1 + 16];
+    let mut len = 0;
+    for (value, digits) in [(u64::from(*prefix), 8), (n, 0)] {
+        if len > 0 {
+            id[len] = b'-';
+            len += 1;
         }
-        http::HeaderValue::from_bytes(&id[..len])
-            .ok()
-            .map(RequestId::new)
+        let digits = digits
+            .max((64 - value.leading_zeros() as usize).div_ceil(4))
+            .max(1);
+        for i in (0..digits).rev() {
+            id[len] = b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize];
+            len += 1;
+        }
     }
+    http::HeaderValue::from_bytes(&id[..len]).expect("hexadecimal digits and a dash")
 }
 
 /// A handler that panicked: 500 with the API's JSON error shape; the panic itself is logged.
@@ -741,12 +798,8 @@ mod tests {
     /// Request ids read `{prefix:08x}-{counter:x}`, the counter one more each time.
     #[test]
     fn request_ids_are_a_prefix_and_a_counter() {
-        let request = Request::new(Body::empty());
         let ids: Vec<String> = (0..2)
-            .map(|_| {
-                let id = NextRequestId.make_request_id(&request).unwrap();
-                id.header_value().to_str().unwrap().to_owned()
-            })
+            .map(|_| next_request_id().to_str().unwrap().to_owned())
             .collect();
         let parse = |id: &str| {
             let (prefix, n) = id.split_once('-').unwrap();
