@@ -17,8 +17,6 @@ use tower_budget::store::postgres::{
 };
 use tower_budget::store::{CachingStore, MemoryStore, Refresher, Store, DEFAULT_CACHE_TTL};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
-use tower_http::LatencyUnit;
 
 use crate::proxy;
 
@@ -389,12 +387,12 @@ where
         .route("/ui", get(|| async { Html(BUDGET_PAGE) }))
         .fallback_service(api);
     let routes = ProxyFirst { proxied, others };
-    // Outermost first (tower-http's, then `Track` and `CatchPanic`): `Authorization` never
-    // reaches a log line; every request gets
-    // an id — kept when the client sent a plain one — that goes to the agent, back to the client
-    // and into the span; a span per request (debug level; 5xx answers are the callers' business,
-    // not error lines here); the route's metrics; a panic in any handler is a 500 JSON and the
-    // process lives (counted by `Track`, logged in the request's span, with its id).
+    // Outermost first: `Authorization` is marked sensitive, so it never reaches a log line;
+    // every request gets an id (`RequestIds`) — kept when the client sent a plain one — that
+    // goes to the agent, back to the client and into the span; `Track`: the route's metrics and
+    // a span per request (debug level; 5xx answers are the callers' business, not error lines
+    // here); a panic in any handler is a 500 JSON and the process lives (`CatchPanic`; counted
+    // by `Track`, logged in the request's span, with its id).
     //
     // Around the router as one stack, not with `Router::layer`: that wraps every route in each
     // layer and boxes it again, and axum clones the matched route per request — 21 nested boxes
@@ -409,12 +407,6 @@ where
             http::header::AUTHORIZATION,
         ]))
         .layer(tower::layer::layer_fn(RequestIds))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros))
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
         .layer(tower::layer::layer_fn(Track))
         .layer(tower::layer::layer_fn(CatchPanic))
         .service(routes)
@@ -544,16 +536,21 @@ where
     }
 }
 
-/// One span per request (at debug level: `RUST_LOG=debug` or `tower_http=debug` shows them
-/// with their status and latency), naming the request id and, on the proxy routes, the workspace.
+/// One span per request (at debug level: `RUST_LOG=debug` or `RUST_LOG=gateway=debug` shows
+/// them, each closed by a `response` event with status and latency), naming the request id
+/// and, on the proxy routes, the workspace. Its fields are only looked at when it is enabled.
 fn request_span(request: &Request<Body>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let workspace = proxy::split_path(request.uri().path()).map_or("", |(ws, _)| ws);
-    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id, workspace)
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+        workspace = proxy::split_path(request.uri().path()).map_or("", |(ws, _)| ws),
+    )
 }
 
 /// Request ids: a random prefix per process and a counter — unique across replicas and restarts
@@ -668,10 +665,13 @@ where
     }
 }
 
-/// The route metrics around everything inside: the request's class (proxy, ops, API), its
-/// status and duration; it also stamps the request with its arrival time ([`proxy::Arrived`]).
-/// A service of its own rather than `axum::middleware::from_fn`, which clones and boxes the
-/// whole inner stack and boxes two futures per request.
+/// The route metrics and the access log around everything inside: the request's class (proxy,
+/// ops, API), its status and duration, and the request's span ([`request_span`]), entered
+/// while anything inside runs; it also stamps the request with its arrival time
+/// ([`proxy::Arrived`]). A service of its own rather than `axum::middleware::from_fn`, which
+/// clones and boxes the whole inner stack and boxes two futures per request, or tower-http's
+/// `TraceLayer`, which cost ~2,000 instructions per proxied request (its response body wrapper
+/// and callbacks) for a log that is off by default.
 #[derive(Clone)]
 struct Track<S>(S);
 
@@ -702,10 +702,12 @@ where
         } else {
             Route::Api
         };
+        let span = request_span(&request);
         Tracked {
-            inner: self.0.call(request),
+            inner: span.in_scope(|| self.0.call(request)),
             started,
             route,
+            span,
         }
     }
 }
@@ -716,6 +718,7 @@ pin_project_lite::pin_project! {
         inner: F,
         started: Instant,
         route: Route,
+        span: tracing::Span,
     }
 }
 
@@ -731,13 +734,18 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let Ok(response) = std::task::ready!(this.inner.poll(cx));
         let response = response.into_response();
         let metrics = RouteMetrics::get(*this.route);
         metrics.requests(response.status()).increment(1);
-        metrics
-            .duration
-            .record(this.started.elapsed().as_secs_f64());
+        let took = this.started.elapsed();
+        metrics.duration.record(took.as_secs_f64());
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = took.as_micros() as u64,
+            "response"
+        );
         std::task::Poll::Ready(Ok(response))
     }
 }
@@ -901,5 +909,69 @@ mod tests {
         assert_eq!(kept.headers()["x-request-id"], "client-id-7");
         let replaced = call("/healthz", Some("x workspace=ws-9")).await.unwrap();
         assert_ne!(replaced.headers()["x-request-id"], "x workspace=ws-9");
+    }
+
+    /// With debug logging on, each request has a span naming its id and workspace, and what
+    /// is logged inside carries it, down to the closing `response` event; off, nothing is.
+    #[tokio::test]
+    async fn the_access_log_is_a_span_per_request() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let api = BudgetApi::new(
+            store.clone(),
+            tower_budget::api::TokenAuth::new("admin", store),
+        );
+        let agent = tower::service_fn(|_request: Request<Body>| async move {
+            tracing::warn!("inside the handler");
+            Ok::<Response, Infallible>(Response::new(Body::empty()))
+        });
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let app = router(agent, api, metrics, Health(None));
+        let call = |app: &_| {
+            let request = Request::builder()
+                .uri("/workspaces/ws-4/a2a/x")
+                .header("x-request-id", "id-42")
+                .body(Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(Clone::clone(app), request)
+        };
+        for (level, logged) in [("debug", true), ("warn", false)] {
+            let lines = Lines::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(level)
+                .with_ansi(false)
+                .with_writer({
+                    let lines = lines.clone();
+                    move || lines.clone()
+                })
+                .finish();
+            let _default = tracing::subscriber::set_default(subscriber);
+            call(&app).await.unwrap();
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            let span = "request{method=GET path=/workspaces/ws-4/a2a/x request_id=id-42 workspace=\"ws-4\"}";
+            assert_eq!(
+                text.contains(&format!("{span}: gateway::app::tests: inside the handler")),
+                logged,
+                "{level}: {text}"
+            );
+            assert_eq!(
+                text.contains(&format!("{span}: gateway::app: response status=200")),
+                logged,
+                "{level}: {text}"
+            );
+            assert!(text.contains("inside the handler"), "{level}: {text}");
+        }
     }
 }
