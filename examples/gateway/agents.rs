@@ -58,6 +58,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const READ_SIZE: usize = 8 * 1024;
 /// The request's first write: its head and what of its body has arrived, up to about this.
 const FIRST_WRITE: usize = 64 * 1024;
+/// How much of an early success is read ahead while the rest of the request goes out.
+const EARLY_ANSWER: usize = 64 * 1024;
 
 /// Why a request did not reach the agent.
 #[derive(Debug)]
@@ -491,14 +493,18 @@ async fn exchange(
         }
         Ok(())
     };
-    let reading = read_head(&mut reader, read, method);
-    let (mut sending, mut reading) = (std::pin::pin!(sending), std::pin::pin!(reading));
+    let mut sending = std::pin::pin!(sending);
     let mut sent = None;
-    // A success that arrives before the request is all written waits for the rest of it: the
-    // agent is reading it (it may be streaming its answer to it). An error answer (4xx, 5xx)
-    // is handed on at once and the rest is not sent.
+    // A success that arrives before the request is all written (an agent answering as it
+    // reads an upload) waits for the rest of the request, the agent is reading it; meanwhile
+    // its answer is read on into the buffer, up to `EARLY_ANSWER`, so that an agent writing
+    // more than the sockets hold cannot stall both sides — past that, or if the agent closes,
+    // it is handed on as it is and the rest of the request is not sent. Any other early
+    // answer (an error, a redirect, one that says it closes) is handed on at once.
     let mut early = None;
+    let mut received = false;
     let head = loop {
+        let waiting = early.is_some();
         tokio::select! {
             biased;
             done = &mut sending, if sent.is_none() => match done {
@@ -510,12 +516,25 @@ async fn exchange(
                 // goes on (a dead connection ends it at once).
                 done => sent = Some(done.is_ok()),
             },
-            head = &mut reading, if early.is_none() => match head {
-                Ok(head) if sent.is_none() && head.status.as_u16() < 400 => early = Some(head),
-                head => break head,
+            event = std::future::poll_fn(|cx| {
+                poll_reading(&mut reader, read, method, &mut received, waiting, cx)
+            }) => match event {
+                Reading::Head(Ok(head))
+                    if sent.is_none() && head.status.is_success() && head.keep_alive =>
+                {
+                    early = Some(head)
+                }
+                Reading::Head(head) => break head,
+                Reading::More(Ok(n)) if n > 0 => {}
+                // The agent closed or failed after its early answer: handed on as it is.
+                Reading::More(_) => {
+                    if let Some(head) = early.take() {
+                        break Ok(head);
+                    }
+                }
             },
         }
-        if sent.is_some() {
+        if sent.is_some() || read.len() >= EARLY_ANSWER {
             if let Some(head) = early.take() {
                 break Ok(head);
             }
@@ -530,34 +549,56 @@ async fn exchange(
     }
 }
 
-/// Reads the final response head onto `buf` (interim 1xx responses are skipped).
-async fn read_head(
+/// What the reading half of an exchange saw.
+enum Reading {
+    /// The final response head (interim 1xx responses skipped), or why there is none.
+    Head(Result<wire::Head, HeadError>),
+    /// Bytes of an early answer read on into the buffer (0: the agent closed).
+    More(io::Result<usize>),
+}
+
+/// Reads onto `buf`: the final response head, or with `waiting` (the head is in, the request
+/// still going out) whatever comes next. `received`: whether any byte has come.
+fn poll_reading(
     reader: &mut tokio::net::tcp::ReadHalf<'_>,
     buf: &mut BytesMut,
     method: &Method,
-) -> Result<wire::Head, HeadError> {
-    let mut received = false;
+    received: &mut bool,
+    waiting: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Reading> {
+    if waiting {
+        buf.reserve(READ_SIZE);
+        return std::future::Future::poll(std::pin::pin!(reader.read_buf(buf)), cx)
+            .map(Reading::More);
+    }
     loop {
         match wire::parse_response_head(buf, method) {
-            Ok(Parsed::Final(head)) => return Ok(head),
+            Ok(Parsed::Final(head)) => return Poll::Ready(Reading::Head(Ok(head))),
             Ok(Parsed::Interim(len)) => {
                 let _ = buf.split_to(len);
                 continue;
             }
             Ok(Parsed::Partial) => {}
-            Err(m) => return Err(HeadError::Malformed(m)),
+            Err(m) => return Poll::Ready(Reading::Head(Err(HeadError::Malformed(m)))),
         }
         buf.reserve(READ_SIZE);
-        match reader.read_buf(buf).await {
-            Ok(0) if !received => return Err(HeadError::Closed),
-            Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => received = true,
-            // A reset before any response: the same as a close for a pooled connection.
-            Err(e) if !received && e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(HeadError::Closed)
+        let read = std::task::ready!(std::future::Future::poll(
+            std::pin::pin!(reader.read_buf(buf)),
+            cx
+        ));
+        let failed = match read {
+            Ok(0) if !*received => HeadError::Closed,
+            Ok(0) => HeadError::Io(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {
+                *received = true;
+                continue;
             }
-            Err(e) => return Err(HeadError::Io(e)),
-        }
+            // A reset before any response: the same as a close for a pooled connection.
+            Err(e) if !*received && e.kind() == io::ErrorKind::ConnectionReset => HeadError::Closed,
+            Err(e) => HeadError::Io(e),
+        };
+        return Poll::Ready(Reading::Head(Err(failed)));
     }
 }
 
@@ -1048,6 +1089,42 @@ mod tests {
     async fn an_early_success_still_gets_the_whole_body() {
         let (url, heads) = length_agent(true).await;
         assert_eq!(upload_over_time(&url, heads).await, "received   307200");
+    }
+
+    /// An agent that answers a success early and writes more than the sockets hold before it
+    /// reads the upload does not stall both sides until the timeout: past a bound, its answer
+    /// is handed on as it is and the rest of the upload is dropped.
+    #[tokio::test]
+    async fn an_early_answer_larger_than_the_sockets_does_not_stall() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let answer_len = 8 << 20;
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let _ = stream.read(&mut buf).await.unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {answer_len}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&vec![b'a'; answer_len]).await.unwrap();
+            // Only then does it read the upload, to the end of the connection.
+            while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let agents = Agents::new(Duration::from_secs(1));
+        let upload = Body::from(vec![b'x'; 64 << 20]);
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(30),
+            call(&agents, Method::POST, &url, upload),
+        )
+        .await
+        .expect("neither side stalled")
+        .unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(body.len(), answer_len);
+        assert_eq!(
+            agents.lock().count,
+            0,
+            "the request was not sent whole: not reused"
+        );
     }
 
     /// A request that failed while it was being written on a pooled connection is not sent

@@ -390,9 +390,9 @@ where
     // Outermost first: `Authorization` is marked sensitive, so it never reaches a log line;
     // every request gets an id (`RequestIds`) — kept when the client sent a plain one — that
     // goes to the agent, back to the client and into the span; `Track`: the route's metrics and
-    // a span per request (debug level; 5xx answers are the callers' business, not error lines
-    // here); a panic in any handler is a 500 JSON and the process lives (`CatchPanic`; counted
-    // by `Track`, logged in the request's span, with its id).
+    // a span per request, closed by a debug `response` event whatever the status (a 5xx is the
+    // caller's business, not an error line here); a panic in any handler is a 500 JSON and the
+    // process lives (`CatchPanic`; counted by `Track`, logged in the request's span, with its id).
     //
     // Around the router as one stack, not with `Router::layer`: that wraps every route in each
     // layer and boxes it again, and axum clones the matched route per request — 21 nested boxes
@@ -743,7 +743,7 @@ where
         metrics.duration.record(took.as_secs_f64());
         tracing::debug!(
             status = response.status().as_u16(),
-            latency_us = took.as_micros() as u64,
+            latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             "response"
         );
         std::task::Poll::Ready(Ok(response))

@@ -210,6 +210,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        // The request id is the gateway's own field (`app::RequestIds`), not the sender's to drop.
+        .filter(|n| n.as_str() != "x-request-id")
         .collect();
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
@@ -618,5 +620,20 @@ mod tests {
             assert_eq!(h.len(), 1, "{name} stays");
         }
         assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
+    }
+
+    /// A `Connection` header may name extra fields to drop, but not the request id.
+    #[test]
+    fn connection_cannot_drop_the_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-request-id, x-other"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("id-1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-request-id"], "id-1");
     }
 }
