@@ -775,11 +775,17 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A listener on a free local port, and the agent URL with `path` on it.
+    async fn listen(path: &str) -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        (listener, url)
+    }
+
     /// An agent that answers each request on a connection with an empty 200, and says when a
     /// connection it accepted was closed by the other side.
     async fn agent() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let (closed, closures) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -835,8 +841,7 @@ mod tests {
         Arc<std::sync::atomic::AtomicUsize>,
         tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
     ) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (requests, received) = tokio::sync::mpsc::unbounded_channel();
         let count = accepted.clone();
@@ -952,8 +957,7 @@ mod tests {
     /// once, not after the upload times out.
     #[tokio::test]
     async fn an_answer_before_the_body_is_read_comes_through() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/upload", listener.local_addr().unwrap());
+        let (listener, url) = listen("/upload").await;
         let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
@@ -992,8 +996,7 @@ mod tests {
     /// `early`) answers a 200 at once; it reads the whole `Content-Length` body and then sends
     /// (the head, if not sent yet, and) a body saying how many bytes it got.
     async fn length_agent(early: bool) -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let (heads, seen) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -1096,8 +1099,7 @@ mod tests {
     /// is handed on as it is and the rest of the upload is dropped.
     #[tokio::test]
     async fn an_early_answer_larger_than_the_sockets_does_not_stall() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let answer_len = 8 << 20;
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
@@ -1131,8 +1133,7 @@ mod tests {
     /// again unless it is idempotent: the agent may have acted on what it read.
     #[tokio::test]
     async fn a_post_cut_while_being_written_is_not_sent_again() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = connections.clone();
         tokio::spawn(async move {
@@ -1206,8 +1207,7 @@ mod tests {
     /// as the next caller's answer: the connection is closed as soon as they are seen.
     #[tokio::test]
     async fn a_parked_connection_that_receives_bytes_is_closed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, url) = listen("/").await;
         let (stray, mut stray_now) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
             let mut n = 0;
