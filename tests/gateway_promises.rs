@@ -122,8 +122,13 @@ async fn fail_closed_check_timeout_and_the_fail_open_metric() {
             ("GATEWAY_CHECK_TIMEOUT_MS", "400"),
         ],
     );
-    let open = Gateway::start(&["--database-url", &url, "--cache-ttl-ms", "0"]);
     closed.register("ws-1", &agent.url()).await;
+    // Started after the registration and polled until its change listener is connected: a
+    // listener that connects (and clears the cache, as after any reconnect), or a notification
+    // of the registration that arrives, after the first call would drop the last known URL the
+    // fail-open call below relies on.
+    let open = Gateway::start(&["--database-url", &url, "--cache-ttl-ms", "0"]);
+    common::gateway::until_listening(&[&open]).await;
     assert_eq!(rpc(&closed, "ws-1").await.status, StatusCode::OK);
     assert_eq!(rpc(&open, "ws-1").await.status, StatusCode::OK);
 
