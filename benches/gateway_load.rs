@@ -20,6 +20,8 @@ mod agent;
 #[path = "../examples/gateway/agents.rs"]
 #[allow(dead_code)]
 mod agents;
+#[path = "../examples/gateway/allocator.rs"]
+mod allocator;
 #[path = "../examples/gateway/app.rs"]
 #[allow(dead_code, unused_imports)]
 mod app;

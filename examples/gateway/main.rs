@@ -8,6 +8,7 @@
 
 mod agents;
 mod alerts;
+mod allocator;
 mod app;
 mod card;
 mod config;
