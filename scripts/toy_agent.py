@@ -3,13 +3,17 @@
 (echoes the text) and `SendStreamingMessage` (three SSE events, 0.3 s apart). Standard library only.
 
 usage: toy_agent.py PORT      → serves http://127.0.0.1:PORT/agent
+With TOY_AGENT_KEEP_ALIVE_HEADERS=1 its JSON answers carry `Connection: keep-alive` and
+`Keep-Alive: timeout=5`, as Node.js servers send them (nginx sends the first).
 """
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SPACING = 0.3
+KEEP_ALIVE_HEADERS = os.environ.get("TOY_AGENT_KEEP_ALIVE_HEADERS") == "1"
 
 
 class Agent(BaseHTTPRequestHandler):
@@ -29,6 +33,9 @@ class Agent(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if KEEP_ALIVE_HEADERS:
+            self.send_header("Connection", "keep-alive")
+            self.send_header("Keep-Alive", "timeout=5")
         self.end_headers()
         self.wfile.write(data)
 

@@ -200,34 +200,52 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     let mut te_fields = 0;
     let mut codings = 0;
     let mut chunked_count = 0;
+    // Whether a `Connection` field names others to drop (rare: they are dropped at the end).
+    let mut strip_named = false;
     for &mut (name_start, name_end, start, end) in spans {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
-            .map_err(|_| Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| Malformed("invalid header value"))?;
-        match name {
-            http::header::CONTENT_LENGTH => {
-                let n = content_length(value.as_bytes())?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Malformed("conflicting Content-Length"));
-                }
-                length = Some(n);
-                continue; // written once below
-            }
-            http::header::TRANSFER_ENCODING => {
+        let raw_name = &head[name_start..name_end];
+        // Hop-by-hop fields are this connection's, not the client's: read for framing and
+        // persistence here and left out of the head handed on, so no name or value is built
+        // only to be dropped (`Connection: keep-alive`, `Keep-Alive: timeout=5`).
+        if is_hop_by_hop_name(raw_name) {
+            let value = &head[start..end];
+            if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te_fields += 1;
-                for coding in value.as_bytes().split(|&b| b == b',').map(trim) {
+                for coding in value.split(|&b| b == b',').map(trim) {
                     if coding.is_empty() {
                         continue;
                     }
                     codings += 1;
                     chunked_count += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
                 }
+            } else if raw_name.eq_ignore_ascii_case(b"connection") {
+                close |= has_token(value, b"close");
+                if names_other_fields(value) {
+                    strip_named = true;
+                    let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                        .map_err(|_| Malformed("invalid header value"))?;
+                    headers.append(http::header::CONNECTION, value);
+                }
             }
-            http::header::CONNECTION if has_token(value.as_bytes(), b"close") => close = true,
-            _ => {}
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw_name).map_err(|_| Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Malformed("invalid header value"))?;
+        if name == http::header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Malformed("conflicting Content-Length"));
+            }
+            length = Some(n);
+            continue; // written once below
         }
         headers.append(name, value);
+    }
+    if strip_named {
+        // Drops the fields `Connection` names, and `Connection` itself.
+        strip_hop_by_hop(&mut headers);
     }
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -414,6 +432,89 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     }))
 }
 
+/// A `static`, not a `const`: a const array is built anew (and dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+/// Whether `name` is one of [`HOP_BY_HOP`]: one string match (by length first), not eight
+/// name comparisons.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Drops hop-by-hop headers, those named in `Connection` included.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the few names present, instead of a hashed
+    // removal per hop-by-hop name (`Connection` is one of them, so its list is seen here too).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // The fields `Connection` names besides the hop-by-hop ones. Usually none: agents send
+    // `Connection: keep-alive` or `close`, which need no name built (and no allocation).
+    let mut named = Vec::new();
+    for value in headers.get_all(http::header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            let dropped_anyway = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+            // The request id is the gateway's own field (`app::RequestIds`), not the sender's
+            // to drop.
+            if dropped_anyway || token.eq_ignore_ascii_case("x-request-id") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    // The hop-by-hop fields present, one at a time: a scan of the few names there instead of
+    // hashing all eight.
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+        headers.remove(&name);
+    }
+    for name in &named {
+        headers.remove(name);
+    }
+}
+
+/// Whether a field named `name` (as received, any case) is one of [`HOP_BY_HOP`].
+/// Their lengths first: most fields of a response are none of them, and are told by length.
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    matches!(name.len(), 2 | 7 | 10 | 17 | 18 | 19)
+        && HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
+/// Whether a `Connection` value names fields besides `close` and the hop-by-hop ones
+/// (which go anyway).
+fn names_other_fields(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .any(|t| !(t.is_empty() || t.eq_ignore_ascii_case(b"close") || is_hop_by_hop_name(t)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +525,39 @@ mod tests {
             Parsed::Final(head) => Ok((head, buf)),
             other => panic!("not a final head: {other:?}"),
         }
+    }
+
+    /// Hop-by-hop fields are read for framing and persistence and left out of the head handed
+    /// on, with the fields `Connection` names; the others stay, in any case of their names.
+    #[test]
+    fn hop_by_hop_fields_are_read_and_left_out() {
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             X-Kept: 1\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        let mut names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-kept"]);
+
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nCONNECTION: Close, X-Hop\r\nx-hop: 1\r\nX-Kept: 2\r\n\
+             content-length: 0\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap();
+        assert!(!head.keep_alive, "close read in any case");
+        let mut names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "x-kept"],
+            "x-hop named by Connection"
+        );
     }
 
     #[test]
@@ -701,5 +835,63 @@ mod tests {
             String::from_utf8(out).unwrap(),
             format!("PUT / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n1a\r\n{}\r\n0\r\n\r\n", "x".repeat(26))
         );
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer agent-token"),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type"]);
+    }
+
+    /// The fast check and the list name the same headers: each listed one alone is stripped.
+    #[test]
+    fn every_hop_by_hop_name_alone_is_stripped() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+            assert!(is_hop_by_hop_name(name.as_str().as_bytes()), "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(is_hop_by_hop_name(upper.as_bytes()), "{upper}");
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name} stays");
+        }
+        assert!(!is_hop_by_hop(&http::header::CONTENT_LENGTH));
+    }
+
+    /// A `Connection` header may name extra fields to drop, but not the request id.
+    #[test]
+    fn connection_cannot_drop_the_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("x-request-id, x-other"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("id-1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-request-id"], "id-1");
     }
 }
