@@ -12,7 +12,9 @@
 //!    from when it was due (no coordinated omission), one sent on time from when it was sent
 //!    (the generator's own timer lateness is not the server's). Tokio's timer has 1 ms ticks,
 //!    so requests leave in small bursts each millisecond rather than evenly spaced; a run with
-//!    any failed request is void. p50 / p99 / p99.9 per target.
+//!    any failed request is void. p50 / p99 / p99.9 per target: `PROXY_ROUNDS` runs of
+//!    `PROXY_SECONDS` per target in rotating order, medians, and the gateway's p99 over
+//!    nginx's paired by round.
 //! 3. **Scale**: 1,000,000 workspaces registered in Postgres (half with limits), the gateway
 //!    restarted on them (start-up time), then wrk calls spread uniformly at random over N =
 //!    10, 1,000 and 100,000 of them: throughput and p50 per N, and the gateway's RSS growth per
@@ -119,6 +121,9 @@ struct Saturation {
     p99: f64,
     /// The proxy's CPU per request in µs, user and system (none for the upstream direct).
     cpu: Option<(f64, f64)>,
+    /// The whole machine's busy CPU per request in µs: the proxy, wrk, the upstream and the
+    /// kernel's network work for them, on both cores.
+    machine: f64,
 }
 
 /// A wrk run against `url`; `proxy` are the processes whose CPU per request is measured.
@@ -130,9 +135,9 @@ fn saturate(name: &str, url: &str, script: &Path, seconds: usize, proxy: &[u32])
             .map(|p| cpu::cpu_ticks_split(*p))
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
-    let before = cpu();
+    let (before, machine_before) = (cpu(), cpu::machine_busy_ticks());
     let report = wrk(url, script, &format!("{seconds}s"));
-    let after = cpu();
+    let (after, machine_after) = (cpu(), cpu::machine_busy_ticks());
     assert!(
         !report.contains("Non-2xx") && !report.contains("Socket errors"),
         "{name}: errors under load:\n{report}"
@@ -150,6 +155,7 @@ fn saturate(name: &str, url: &str, script: &Path, seconds: usize, proxy: &[u32])
                 per_request(after.1 - before.1),
             )
         }),
+        machine: per_request(machine_after - machine_before),
     }
 }
 
@@ -447,7 +453,7 @@ fn main() {
             .collect()
     };
     println!("\n## Saturation (wrk 2x{CONNECTIONS}, {rounds} rounds of {seconds} s, medians)\n");
-    println!("| target | requests/s | p50 | p99 | proxy CPU / request (user + system) |\n|---|---:|---:|---:|---:|");
+    println!("| target | requests/s | p50 | p99 | proxy CPU / request (user + system) | machine CPU / request |\n|---|---:|---:|---:|---:|---:|");
     for (t, (name, _)) in targets.iter().enumerate() {
         let cpu = if sat[t][0].cpu.is_some() {
             let user = median(&mut sat[t].iter().map(|s| s.cpu.unwrap().0).collect::<Vec<_>>());
@@ -457,10 +463,11 @@ fn main() {
             "—".to_owned()
         };
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu} |",
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu} | {:.1} µs |",
             median(&mut sat[t].iter().map(|s| s.rps).collect::<Vec<_>>()),
             median(&mut sat[t].iter().map(|s| s.p50).collect::<Vec<_>>()),
             median(&mut sat[t].iter().map(|s| s.p99).collect::<Vec<_>>()),
+            median(&mut sat[t].iter().map(|s| s.machine).collect::<Vec<_>>()),
         );
     }
     let mut gw_nginx = ratios(2, 1);
@@ -473,13 +480,31 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    // Where the difference comes from: with the machine saturated, throughput is its busy
+    // cores over the CPU one request takes on the whole machine; the proxy's own share is the
+    // only part that differs between the targets.
+    let med = |t: usize, f: &dyn Fn(&Saturation) -> f64| {
+        median(&mut sat[t].iter().map(f).collect::<Vec<_>>())
+    };
+    let own = |s: &Saturation| s.cpu.map_or(0.0, |(u, y)| u + y);
+    println!(
+        "machine CPU per request (medians): nginx target {:.1} µs, of it nginx {:.1} µs; \
+         gateway target {:.1} µs, of it the gateway {:.1} µs; the rest (wrk, the upstream, \
+         their kernel work) {:.1} and {:.1} µs",
+        med(1, &|s| s.machine),
+        med(1, &own),
+        med(2, &|s| s.machine),
+        med(2, &own),
+        med(1, &|s| s.machine - own(s)),
+        med(2, &|s| s.machine - own(s)),
+    );
 
     let nginx_rps = median(&mut sat[1].iter().map(|s| s.rps).collect::<Vec<_>>());
     for (rate, why) in [
         ((nginx_rps / 2.0).round(), "half of nginx's saturation"),
         (FIXED_RATE, "a fixed 10,000 requests/s"),
     ] {
-        fixed_rate(&targets, rate, why, seconds);
+        fixed_rate(&targets, rate, why, seconds, rounds);
     }
     drop(gw);
     drop(nginx);
@@ -491,42 +516,78 @@ fn main() {
     drop(upstream);
 }
 
-/// Latency of each target at `rate` requests per second, open loop (`open_loop`), with the
-/// gateway's and nginx's added latency over the upstream direct.
-fn fixed_rate(targets: &[(&str, String)], rate: f64, why: &str, seconds: usize) {
-    println!("\n## Latency at {rate:.0} req/s ({why}), open loop, {CONNECTIONS} connections\n");
+/// p50, p99, p99.9 (ms) and late starts of one open-loop run.
+type Percentiles = (f64, f64, f64, usize);
+
+/// Latency of each target at `rate` requests per second, open loop (`open_loop`): `rounds`
+/// runs of `seconds` per target in rotating order, like the saturation rounds, so a burst of
+/// the machine's other work lands in one round of one target rather than deciding a target's
+/// figure; medians over the rounds, and the gateway's p99 over nginx's paired by round.
+fn fixed_rate(targets: &[(&str, String)], rate: f64, why: &str, seconds: usize, rounds: usize) {
+    println!(
+        "\n## Latency at {rate:.0} req/s ({why}), open loop, {CONNECTIONS} connections, \
+         {rounds} rounds of {seconds} s, medians\n"
+    );
     println!(
         "| target | p50 | p99 | p99.9 | late starts | errors |\n|---|---:|---:|---:|---:|---:|"
     );
-    let mut lat = Vec::new();
-    for (name, url) in targets {
+    for (_, url) in targets {
         let _ = open_loop(url, rate, 1.0); // warm-up
-        let run = open_loop(url, rate, (seconds * 2) as f64);
-        // A failed request has no latency to count: the run is void rather than flattering.
-        assert_eq!(
-            run.errors, 0,
-            "{name}: requests failed in the open-loop run"
-        );
-        println!(
-            "| {name} | {:.3} ms | {:.3} ms | {:.3} ms | {} | {} |",
-            run.at(0.5),
-            run.at(0.99),
-            run.at(0.999),
-            run.late_starts,
-            run.errors
-        );
-        lat.push(run);
     }
+    // [target][round]
+    let mut runs: Vec<Vec<Percentiles>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let t = (k + round) % targets.len();
+            let (name, url) = &targets[t];
+            let run = open_loop(url, rate, seconds as f64);
+            // A failed request has no latency to count: the run is void rather than flattering.
+            assert_eq!(
+                run.errors, 0,
+                "{name}: requests failed in the open-loop run"
+            );
+            eprintln!(
+                "round {round:2} {name:16} at {rate:.0}/s: p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
+                run.at(0.5),
+                run.at(0.99),
+                run.at(0.999)
+            );
+            runs[t].push((run.at(0.5), run.at(0.99), run.at(0.999), run.late_starts));
+        }
+    }
+    let med = |t: usize, f: &dyn Fn(&Percentiles) -> f64| {
+        median(&mut runs[t].iter().map(f).collect::<Vec<_>>())
+    };
+    for (t, (name, _)) in targets.iter().enumerate() {
+        println!(
+            "| {name} | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} | 0 |",
+            med(t, &|r| r.0),
+            med(t, &|r| r.1),
+            med(t, &|r| r.2),
+            med(t, &|r| r.3 as f64),
+        );
+    }
+    let mut paired: Vec<f64> = runs[2]
+        .iter()
+        .zip(&runs[1])
+        .map(|(g, n)| g.1 / n.1)
+        .collect();
     println!(
-        "\ngateway p99 / nginx p99 at {rate:.0} req/s: {:.2}x; added over the upstream direct: \
-         p50 +{:.3} ms, p99 +{:.3} ms, p99.9 +{:.3} ms (nginx: +{:.3}, +{:.3}, +{:.3})",
-        lat[2].at(0.99) / lat[1].at(0.99),
-        lat[2].at(0.5) - lat[0].at(0.5),
-        lat[2].at(0.99) - lat[0].at(0.99),
-        lat[2].at(0.999) - lat[0].at(0.999),
-        lat[1].at(0.5) - lat[0].at(0.5),
-        lat[1].at(0.99) - lat[0].at(0.99),
-        lat[1].at(0.999) - lat[0].at(0.999),
+        "\ngateway p99 / nginx p99 at {rate:.0} req/s, paired by round: median {:.2}x (rounds: {}); \
+         added over the upstream direct (medians): p50 +{:.3} ms, p99 +{:.3} ms, p99.9 +{:.3} ms \
+         (nginx: +{:.3}, +{:.3}, +{:.3})",
+        median(&mut paired.clone()),
+        paired
+            .iter_mut()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        med(2, &|r| r.0) - med(0, &|r| r.0),
+        med(2, &|r| r.1) - med(0, &|r| r.1),
+        med(2, &|r| r.2) - med(0, &|r| r.2),
+        med(1, &|r| r.0) - med(0, &|r| r.0),
+        med(1, &|r| r.1) - med(0, &|r| r.1),
+        med(1, &|r| r.2) - med(0, &|r| r.2),
     );
 }
 

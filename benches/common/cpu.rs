@@ -49,6 +49,21 @@ pub fn cpu_ticks_named(name: &str) -> f64 {
         .sum()
 }
 
+/// Busy CPU ticks of the whole machine so far, all cores (the first line of /proc/stat:
+/// everything but idle and iowait).
+pub fn machine_busy_ticks() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat.lines().next().unwrap();
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    // in user and nice.
+    fields[..8].iter().sum::<f64>() - fields[3] - fields[4]
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`).
 pub fn ticks_per_second() -> f64 {
     let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
