@@ -33,7 +33,7 @@ class Agent(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        if KEEP_ALIVE_HEADERS:
+        if KEEP_ALIVE_HEADERS and not self.close_connection:
             self.send_header("Connection", "keep-alive")
             self.send_header("Keep-Alive", "timeout=5")
         self.end_headers()

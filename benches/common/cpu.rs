@@ -50,7 +50,7 @@ pub fn cpu_ticks_named(name: &str) -> f64 {
 }
 
 /// Busy CPU ticks of the whole machine so far, all cores (the first line of /proc/stat:
-/// everything but idle and iowait).
+/// everything but idle, iowait and steal), whatever process used them.
 pub fn machine_busy_ticks() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let line = stat.lines().next().unwrap();
@@ -59,9 +59,9 @@ pub fn machine_busy_ticks() -> f64 {
         .skip(1)
         .map(|f| f.parse().unwrap())
         .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
-    // in user and nice.
-    fields[..8].iter().sum::<f64>() - fields[3] - fields[4]
+    // user nice system idle iowait irq softirq steal guest guest_nice: not idle, iowait or
+    // steal (the hypervisor running someone else), and guest time is already in user and nice.
+    fields[..7].iter().sum::<f64>() - fields[3] - fields[4]
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`).

@@ -243,10 +243,6 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         }
         headers.append(name, value);
     }
-    if strip_named {
-        // Drops the fields `Connection` names, and `Connection` itself.
-        strip_hop_by_hop(&mut headers);
-    }
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -262,6 +258,11 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         if !(status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED) {
             headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
         }
+    }
+    if strip_named {
+        // Drops the fields `Connection` names (even `Content-Length`: the length is in the
+        // framing), and `Connection` itself.
+        strip_hop_by_hop(&mut headers);
     }
     let framing = match (no_body, chunked, length) {
         (true, _, _) => Framing::Empty,
@@ -472,8 +473,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut named = Vec::new();
     for value in headers.get_all(http::header::CONNECTION) {
         for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            // `close` is an option, but a field of that name goes too (RFC 9110 §7.6.1).
             let dropped_anyway = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
                 || HOP_BY_HOP
                     .iter()
                     .any(|h| token.eq_ignore_ascii_case(h.as_str()));
@@ -506,13 +507,13 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
             .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
-/// Whether a `Connection` value names fields besides `close` and the hop-by-hop ones
-/// (which go anyway).
+/// Whether a `Connection` value names fields besides the hop-by-hop ones (which go anyway);
+/// `close` counts, as a field of that name would go too.
 fn names_other_fields(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .map(trim)
-        .any(|t| !(t.is_empty() || t.eq_ignore_ascii_case(b"close") || is_hop_by_hop_name(t)))
+        .any(|t| !(t.is_empty() || is_hop_by_hop_name(t)))
 }
 
 #[cfg(test)]
@@ -558,6 +559,33 @@ mod tests {
             ["content-length", "x-kept"],
             "x-hop named by Connection"
         );
+
+        // Fields of the lengths the quick check looks at stay; a named field before
+        // `Connection` goes; `x-request-id` cannot be named away; a field called `close` goes.
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nx-hop: 1\r\nSet-Cookie: a=1\r\nExpires: 0\r\n\
+             x-request-id: r\r\nclose: 1\r\nConnection: close, x-hop, x-request-id\r\n\
+             content-length: 0\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap();
+        let mut names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "expires", "set-cookie", "x-request-id"]
+        );
+    }
+
+    /// Framing is read from hop-by-hop fields in any case of their names.
+    #[test]
+    fn framing_fields_count_in_any_case() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: GZIP, chunked\r\n\r\n",
+        ] {
+            assert!(parse(raw, Method::POST).is_err(), "{raw:?}");
+        }
     }
 
     #[test]
