@@ -200,8 +200,10 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     let mut te_fields = 0;
     let mut codings = 0;
     let mut chunked_count = 0;
-    // Whether a `Connection` field names others to drop (rare: they are dropped at the end).
+    // Whether a `Connection` field names others to drop (rare: they are dropped at the end),
+    // and whether it says `close` (a field of that name goes too, RFC 9110 §7.6.1).
     let mut strip_named = false;
+    let mut names_close = false;
     for &mut (name_start, name_end, start, end) in spans {
         let raw_name = &head[name_start..name_end];
         // Hop-by-hop fields are this connection's, not the client's: read for framing and
@@ -219,7 +221,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
                     chunked_count += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
                 }
             } else if raw_name.eq_ignore_ascii_case(b"connection") {
-                close |= has_token(value, b"close");
+                let says_close = has_token(value, b"close");
+                close |= says_close;
+                names_close |= says_close;
                 if names_other_fields(value) {
                     strip_named = true;
                     let value = HeaderValue::from_maybe_shared(head.slice(start..end))
@@ -263,6 +267,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         // Drops the fields `Connection` names (even `Content-Length`: the length is in the
         // framing), and `Connection` itself.
         strip_hop_by_hop(&mut headers);
+    }
+    if names_close {
+        headers.remove(&CLOSE);
     }
     let framing = match (no_body, chunked, length) {
         (true, _, _) => Framing::Empty,
@@ -468,12 +475,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    // The fields `Connection` names besides the hop-by-hop ones. Usually none: agents send
-    // `Connection: keep-alive` or `close`, which need no name built (and no allocation).
+    // The fields `Connection` names besides the hop-by-hop ones. Usually none: clients and
+    // agents send `Connection: keep-alive` or `close`, which need no name built (and no
+    // allocation).
     let mut named = Vec::new();
+    let mut names_close = false;
     for value in headers.get_all(http::header::CONNECTION) {
         for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
             // `close` is an option, but a field of that name goes too (RFC 9110 §7.6.1).
+            if token.eq_ignore_ascii_case("close") {
+                names_close = true;
+                continue;
+            }
             let dropped_anyway = token.is_empty()
                 || HOP_BY_HOP
                     .iter()
@@ -496,7 +509,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+    if names_close {
+        headers.remove(&CLOSE);
+    }
 }
+
+/// A field named `close`, dropped when `Connection` says `close`.
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// Whether a field named `name` (as received, any case) is one of [`HOP_BY_HOP`].
 /// Their lengths first: most fields of a response are none of them, and are told by length.
@@ -507,13 +526,13 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
             .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
-/// Whether a `Connection` value names fields besides the hop-by-hop ones (which go anyway);
-/// `close` counts, as a field of that name would go too.
+/// Whether a `Connection` value names fields besides `close` and the hop-by-hop ones (which
+/// go anyway; a field named `close` is dropped on its own).
 fn names_other_fields(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .map(trim)
-        .any(|t| !(t.is_empty() || is_hop_by_hop_name(t)))
+        .any(|t| !(t.is_empty() || t.eq_ignore_ascii_case(b"close") || is_hop_by_hop_name(t)))
 }
 
 #[cfg(test)]
@@ -575,6 +594,31 @@ mod tests {
             names,
             ["content-length", "expires", "set-cookie", "x-request-id"]
         );
+    }
+
+    /// `Connection: close` alone drops a field named `close`; one naming `Content-Length`
+    /// drops the field, the framing keeps the length.
+    #[test]
+    fn connection_drops_close_and_content_length_fields() {
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nclose: 1\r\nConnection: close\r\nX-Kept: 1\r\n\
+             content-length: 0\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap();
+        assert!(!head.keep_alive);
+        let mut names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-kept"]);
+
+        let (head, rest) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\ncontent-length: 2\r\n\r\nok",
+            Method::POST,
+        )
+        .unwrap();
+        assert_eq!(head.framing, Framing::Length(2));
+        assert_eq!(&rest[..], b"ok");
+        assert!(head.headers.is_empty(), "{:?}", head.headers);
     }
 
     /// Framing is read from hop-by-hop fields in any case of their names.
