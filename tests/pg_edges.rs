@@ -447,38 +447,52 @@ async fn a_locked_row_fails_its_group_within_the_lock_timeout() {
     );
 }
 
-/// A heartbeat whose caller stopped waiting before its group was written is not written: the
-/// caller was answered with an error, and "not written" must then hold (the agent's next
-/// cumulative report carries the spend).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_heartbeat_given_up_before_its_group_is_not_written() {
-    use std::future::Future;
+/// The heartbeat futures of [`two_queued_reports`].
+type Pending = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<tower_budget::store::HeartbeatOutcome, StoreError>>,
+    >,
+>;
+
+/// A store on a one-connection pool whose connection `held` keeps, and two reports of the
+/// workspace `name` queued behind it in this order, each polled once: cumulative 100, then 150.
+async fn two_queued_reports(
+    name: &str,
+) -> (
+    PgStore,
+    deadpool_postgres::Pool,
+    WorkspaceId,
+    deadpool_postgres::Object,
+    Pending,
+    Pending,
+) {
     let schema = common::pg::fresh_schema().await;
     let pool = common::pg::pool_in(&schema, 1).await;
     tower_budget::store::postgres::migrate(&pool).await.unwrap();
     let store = PgStore::new(pool.clone());
-    let w = ws("given-up");
+    let w = ws(name);
     store.register(&w).await.unwrap();
-    // The pool's only connection is held: the first report's group waits for it.
     let held = pool.get().await.unwrap();
-    let first_store = store.clone();
-    let first_w = w.clone();
-    let mut first = Box::pin(async move {
-        first_store
-            .record_heartbeat(&Heartbeat::new(first_w, Some(100), None))
-            .await
-    });
+    let report = |cents: i64| -> Pending {
+        let (store, w) = (store.clone(), w.clone());
+        Box::pin(async move {
+            store
+                .record_heartbeat(&Heartbeat::new(w, Some(cents), None))
+                .await
+        })
+    };
+    let (mut first, mut second) = (report(100), report(150));
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(first.as_mut().poll(&mut cx).is_pending(), "queued");
-    // Queued behind it, then given up.
-    let given_up = Heartbeat::new(w.clone(), Some(150), None);
-    let mut second = Box::pin(store.record_heartbeat(&given_up));
     assert!(second.as_mut().poll(&mut cx).is_pending(), "queued");
-    drop(second);
-    drop(held);
+    (store, pool, w, held, first, second)
+}
+
+/// After the 150 was given up and the 100 written, a report of 100 shows what was written:
+/// nothing more.
+async fn only_the_first_was_written(store: &PgStore, w: &WorkspaceId, first: Pending) {
     assert_eq!(first.await.unwrap().recorded_delta_cents, 100);
-    // A later report shows what was written: 100 only.
     let third = store
         .record_heartbeat(&Heartbeat::new(w.clone(), Some(100), None))
         .await
@@ -487,7 +501,38 @@ async fn a_heartbeat_given_up_before_its_group_is_not_written() {
         third.recorded_delta_cents, 0,
         "the given-up 150 was never written"
     );
-    assert_eq!(store.status(&w).await.unwrap().spend[Period::MONTHLY], 100);
+    assert_eq!(store.status(w).await.unwrap().spend[Period::MONTHLY], 100);
+}
+
+/// A heartbeat whose caller stopped waiting before its group was written is not written: the
+/// caller was answered with an error, and "not written" must then hold (the agent's next
+/// cumulative report carries the spend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_given_up_before_its_group_is_not_written() {
+    let (store, _pool, w, held, first, second) = two_queued_reports("given-up").await;
+    drop(second);
+    drop(held);
+    only_the_first_was_written(&store, &w, first).await;
+}
+
+/// The same, given up after its group was formed and while the group waited for a connection:
+/// it is left out once the group has its connection (checked just before the statements go).
+/// On one thread, so that both reports are queued before the group's writer first runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_heartbeat_given_up_while_its_group_waits_is_not_written() {
+    let (store, pool, w, held, first, second) = two_queued_reports("given-up-late").await;
+    // The writer runs only now: it takes both into one group, which waits for the connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.status().waiting == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never waited for the connection"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(second);
+    drop(held);
+    only_the_first_was_written(&store, &w, first).await;
 }
 
 /// Alert state written by other software: thresholds with NULLs or two dimensions read

@@ -15,11 +15,12 @@
 //! group, reports are applied in workspace-id order (a stable sort: each workspace's reports keep
 //! their order), so groups of different processes lock rows in the same order and cannot
 //! deadlock. A row held by another transaction fails the group after the lock
-//! timeout (2 s), not the statement timeout. A caller that stops waiting does not take its
-//! report back: it is written with its group, as a single report used to be written by a task of
-//! its own.
+//! timeout (2 s), not the statement timeout. A report whose caller stopped waiting (it was
+//! answered with an error) is left out of its group, checked once the group has its connection
+//! and just before its statements go: an error answer means "not written", short of an
+//! ambiguous commit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -44,6 +45,9 @@ struct Report {
     /// The injected clock's time, or `None` for the database's.
     at: Option<DateTime<Utc>>,
     answer: oneshot::Sender<Result<HeartbeatOutcome, StoreError>>,
+    /// Alive while the caller waits: gone once it stopped waiting (its future dropped, or its
+    /// wait over), and then the report is not to be written.
+    caller: Weak<()>,
 }
 
 /// Lanes of groups written at the same time. Measured with the ingest bench (BENCHMARKS.md):
@@ -84,10 +88,13 @@ impl Heartbeats {
         at: Option<DateTime<Utc>>,
     ) -> Result<HeartbeatOutcome, StoreError> {
         let (answer, answered) = oneshot::channel();
+        // Held until this call returns or is dropped; the group checks it before writing.
+        let waiting = Arc::new(());
         let mut report = Report {
             heartbeat: heartbeat.clone(),
             at,
             answer,
+            caller: Arc::downgrade(&waiting),
         };
         let lane = {
             use std::hash::BuildHasher;
@@ -100,11 +107,13 @@ impl Heartbeats {
             match sender.try_send(report) {
                 Ok(()) => {
                     let limit = 2 * (self.query_timeout + POOL_WAIT);
-                    return match tokio::time::timeout(limit, answered).await {
+                    let answer = match tokio::time::timeout(limit, answered).await {
                         Ok(Ok(outcome)) => outcome,
                         Ok(Err(_)) => Err(StoreError::unavailable(GroupLost)),
                         Err(_) => Err(StoreError::unavailable(Waited(limit))),
                     };
+                    drop(waiting);
+                    return answer;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(StoreError::unavailable(QueueFull))
@@ -166,7 +175,7 @@ async fn write_groups(mut queue: mpsc::Receiver<Report>, pool: Pool, query_timeo
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut next = Some(first);
         while let Some(report) = next.take() {
-            if !report.answer.is_closed() {
+            if !report.answer.is_closed() && report.caller.strong_count() > 0 {
                 group.push(report);
             }
             if group.len() < MAX_GROUP {
@@ -194,8 +203,15 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
             )
         })
         .collect();
+    let callers: Vec<Weak<()>> = group.iter().map(|r| r.caller.clone()).collect();
     let rows = run_on(pool, query_timeout, move |client| {
         Box::pin(async move {
+            // The group waited for this connection: a caller may have stopped waiting
+            // meanwhile (answered with an error), and its report must then not be written.
+            let wanted: Vec<bool> = callers.iter().map(|c| c.strong_count() > 0).collect();
+            if !wanted.contains(&true) {
+                return Ok(wanted.iter().map(|_| None).collect::<Vec<_>>());
+            }
             let stmt = client
                 .prepare_cached(sql::RECORD_HEARTBEAT)
                 .await
@@ -211,7 +227,9 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
             let (names, windows) = (&*sql::PERIOD_NAMES, &*sql::PERIOD_WINDOWS);
             let args: Vec<[&(dyn ToSql + Sync); 6]> = params
                 .iter()
-                .map(|(id, reported, seq, at)| {
+                .zip(&wanted)
+                .filter(|(_, &w)| w)
+                .map(|((id, reported, seq, at), _)| {
                     [id as &(dyn ToSql + Sync), reported, seq, at, names, windows]
                 })
                 .collect();
@@ -232,13 +250,20 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                 .map_err(db)?;
             reset.map_err(db)?;
             tx.commit().await.map_err(db)?;
-            Ok(rows)
+            // One entry per report of the group, `None` for those left out.
+            let mut rows = rows.into_iter();
+            Ok(wanted
+                .iter()
+                .map(|&w| if w { rows.next() } else { None })
+                .collect())
         })
     })
     .await;
     match rows {
         Ok(rows) => {
             for (report, row) in group.into_iter().zip(rows) {
+                // Left out: its caller is gone, there is no one to answer.
+                let Some(row) = row else { continue };
                 let outcome = if row.get::<_, bool>(0) {
                     Ok(HeartbeatOutcome {
                         recorded_delta_cents: row.get(1),
