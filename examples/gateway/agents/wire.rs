@@ -481,22 +481,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut named = Vec::new();
     let mut names_close = false;
     for value in headers.get_all(http::header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+        // As bytes: a value with a byte past ASCII somewhere still names the fields it names.
+        for token in value.as_bytes().split(|&b| b == b',').map(trim) {
             // `close` is an option, but a field of that name goes too (RFC 9110 §7.6.1).
-            if token.eq_ignore_ascii_case("close") {
+            if token.eq_ignore_ascii_case(b"close") {
                 names_close = true;
                 continue;
             }
-            let dropped_anyway = token.is_empty()
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
             // The request id is the gateway's own field (`app::RequestIds`), not the sender's
             // to drop.
-            if dropped_anyway || token.eq_ignore_ascii_case("x-request-id") {
+            if token.is_empty()
+                || is_hop_by_hop_name(token)
+                || token.eq_ignore_ascii_case(b"x-request-id")
+            {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -594,6 +594,21 @@ mod tests {
             names,
             ["content-length", "expires", "set-cookie", "x-request-id"]
         );
+    }
+
+    /// A `Connection` value with a byte past ASCII in one token still names the others.
+    #[test]
+    fn connection_with_a_non_ascii_token_still_names_the_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, caf\xc3\xa9").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
     }
 
     /// `Connection: close` alone drops a field named `close`; one naming `Content-Length`
