@@ -455,7 +455,7 @@ type Pending = std::pin::Pin<
 >;
 
 /// A store on a one-connection pool whose connection `held` keeps, and two reports of the
-/// workspace `name` queued behind it in this order, each polled once: cumulative 100, then 150.
+/// workspace `name` queued behind it ([`queue_two`]).
 async fn two_queued_reports(
     name: &str,
 ) -> (
@@ -473,6 +473,12 @@ async fn two_queued_reports(
     let w = ws(name);
     store.register(&w).await.unwrap();
     let held = pool.get().await.unwrap();
+    let (first, second) = queue_two(&store, &w);
+    (store, pool, w, held, first, second)
+}
+
+/// Reports of cumulative 100, then 150, for `w`, queued in this order (each polled once).
+fn queue_two(store: &PgStore, w: &WorkspaceId) -> (Pending, Pending) {
     let report = |cents: i64| -> Pending {
         let (store, w) = (store.clone(), w.clone());
         Box::pin(async move {
@@ -486,7 +492,7 @@ async fn two_queued_reports(
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(first.as_mut().poll(&mut cx).is_pending(), "queued");
     assert!(second.as_mut().poll(&mut cx).is_pending(), "queued");
-    (store, pool, w, held, first, second)
+    (first, second)
 }
 
 /// After the 150 was given up and the 100 written, a report of 100 shows what was written:
@@ -532,6 +538,55 @@ async fn a_heartbeat_given_up_while_its_group_waits_is_not_written() {
     }
     drop(second);
     drop(held);
+    only_the_first_was_written(&store, &w, first).await;
+}
+
+/// The same, given up while its group's statements wait for a row lock another transaction
+/// holds: the group is rolled back and written again without it before it commits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_heartbeat_given_up_while_its_group_waits_for_a_lock_is_not_written() {
+    let schema = common::pg::fresh_schema().await;
+    let pool = common::pg::pool_in(&schema, 2).await;
+    tower_budget::store::postgres::migrate(&pool).await.unwrap();
+    let store = PgStore::new(pool.clone());
+    let w = ws("given-up-locked");
+    store.register(&w).await.unwrap();
+    let mut locker = pool.get().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE",
+        &[&w.to_string()],
+    )
+    .await
+    .unwrap();
+    let (first, second) = queue_two(&store, &w);
+    // Until the group's statement waits for the lock this transaction holds (2 s at most
+    // before it would fail the group).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Activity is read as of the transaction's first look unless the snapshot is cleared.
+        tx.execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let blocked: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never waited for the lock"
+        );
+    }
+    drop(second);
+    tx.rollback().await.unwrap();
     only_the_first_was_written(&store, &w, first).await;
 }
 

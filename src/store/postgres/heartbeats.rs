@@ -16,9 +16,10 @@
 //! their order), so groups of different processes lock rows in the same order and cannot
 //! deadlock. A row held by another transaction fails the group after the lock
 //! timeout (2 s), not the statement timeout. A report whose caller stopped waiting (it was
-//! answered with an error) is left out of its group, checked once the group has its connection
-//! and just before its statements go: an error answer means "not written", short of an
-//! ambiguous commit.
+//! answered with an error) is left out of its group: checked when the group is formed, once it
+//! has its connection, and just before its commit (a group whose caller left while it waited
+//! for a row lock is rolled back and written again without it). An error answer means "not
+//! written", short of an ambiguous commit.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -206,56 +207,73 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
     let callers: Vec<Weak<()>> = group.iter().map(|r| r.caller.clone()).collect();
     let rows = run_on(pool, query_timeout, move |client| {
         Box::pin(async move {
-            // The group waited for this connection: a caller may have stopped waiting
-            // meanwhile (answered with an error), and its report must then not be written.
-            let wanted: Vec<bool> = callers.iter().map(|c| c.strong_count() > 0).collect();
-            if !wanted.contains(&true) {
-                return Ok(wanted.iter().map(|_| None).collect::<Vec<_>>());
-            }
             let stmt = client
                 .prepare_cached(sql::RECORD_HEARTBEAT)
                 .await
                 .map_err(db)?;
-            // Read committed whatever the database's default: each report locks its row and
-            // reads it fresh, as when it ran alone.
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::ReadCommitted)
-                .start()
-                .await
-                .map_err(db)?;
             let (names, windows) = (&*sql::PERIOD_NAMES, &*sql::PERIOD_WINDOWS);
-            let args: Vec<[&(dyn ToSql + Sync); 6]> = params
-                .iter()
-                .zip(&wanted)
-                .filter(|(_, &w)| w)
-                .map(|((id, reported, seq, at), _)| {
-                    [id as &(dyn ToSql + Sync), reported, seq, at, names, windows]
-                })
-                .collect();
-            // Sent without waiting for each answer, in this order (each request goes out when
-            // its future is first polled, and `join_all` polls in order): the lock timeout, the
-            // reports, then the default again — so that the commit, which waits for the
-            // notification lock, is bounded by the statement timeout and not by 2 s.
-            let (set, rows, reset) = futures_util::future::join3(
-                tx.batch_execute(LOCK_TIMEOUT),
-                join_all(args.iter().map(|a| tx.query_one(&stmt, a))),
-                tx.batch_execute("SET LOCAL lock_timeout = DEFAULT"),
-            )
-            .await;
-            set.map_err(db)?;
-            let rows = rows
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            reset.map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            // One entry per report of the group, `None` for those left out.
-            let mut rows = rows.into_iter();
-            Ok(wanted
-                .iter()
-                .map(|&w| if w { rows.next() } else { None })
-                .collect())
+            // A caller may stop waiting (and be answered with an error) while the group waits
+            // for this connection or for a row lock: its report must then not be written. So
+            // the callers are checked before the statements and again just before the commit;
+            // if one left meanwhile, the transaction is rolled back and run again without it
+            // (twice at most; all within the query timeout). What remains is the commit's own
+            // round trip, as ambiguous as a single report's.
+            let mut tries = 0;
+            loop {
+                let wanted: Vec<bool> = callers.iter().map(|c| c.strong_count() > 0).collect();
+                if !wanted.contains(&true) {
+                    return Ok(wanted.iter().map(|_| None).collect::<Vec<_>>());
+                }
+                // Read committed whatever the database's default: each report locks its row
+                // and reads it fresh, as when it ran alone.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+                    .start()
+                    .await
+                    .map_err(db)?;
+                let args: Vec<[&(dyn ToSql + Sync); 6]> = params
+                    .iter()
+                    .zip(&wanted)
+                    .filter(|(_, &w)| w)
+                    .map(|((id, reported, seq, at), _)| {
+                        [id as &(dyn ToSql + Sync), reported, seq, at, names, windows]
+                    })
+                    .collect();
+                // Sent without waiting for each answer, in this order (each request goes out
+                // when its future is first polled, and `join_all` polls in order): the lock
+                // timeout, the reports, then the default again — so that the commit, which
+                // waits for the notification lock, is bounded by the statement timeout and
+                // not by 2 s.
+                let (set, rows, reset) = futures_util::future::join3(
+                    tx.batch_execute(LOCK_TIMEOUT),
+                    join_all(args.iter().map(|a| tx.query_one(&stmt, a))),
+                    tx.batch_execute("SET LOCAL lock_timeout = DEFAULT"),
+                )
+                .await;
+                set.map_err(db)?;
+                let rows = rows
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                reset.map_err(db)?;
+                let left = callers
+                    .iter()
+                    .zip(&wanted)
+                    .any(|(c, &w)| w && c.strong_count() == 0);
+                if left && tries < 2 {
+                    tries += 1;
+                    tx.rollback().await.map_err(db)?;
+                    continue;
+                }
+                tx.commit().await.map_err(db)?;
+                // One entry per report of the group, `None` for those left out.
+                let mut rows = rows.into_iter();
+                return Ok(wanted
+                    .iter()
+                    .map(|&w| if w { rows.next() } else { None })
+                    .collect());
+            }
         })
     })
     .await;
