@@ -585,6 +585,7 @@ async fn a_heartbeat_given_up_while_its_group_waits_for_a_lock_is_not_written() 
             "the group never waited for the lock"
         );
     }
+    // Within the group's 2 s lock timeout (past it the group fails, and `first` with it).
     drop(second);
     tx.rollback().await.unwrap();
     only_the_first_was_written(&store, &w, first).await;

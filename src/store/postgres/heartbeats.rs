@@ -17,8 +17,8 @@
 //! deadlock. A row held by another transaction fails the group after the lock
 //! timeout (2 s), not the statement timeout. A report whose caller stopped waiting (it was
 //! answered with an error) is left out of its group: checked when the group is formed, once it
-//! has its connection, and just before its commit (a group whose caller left while it waited
-//! for a row lock is rolled back and written again without it). An error answer means "not
+//! has its connection, and just before its commit (a group whose caller left while its
+//! statements ran — waiting for a row lock, say — is rolled back and written again without it). An error answer means "not
 //! written", short of an ambiguous commit.
 
 use std::sync::{Arc, Mutex, Weak};
@@ -215,10 +215,10 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
             // A caller may stop waiting (and be answered with an error) while the group waits
             // for this connection or for a row lock: its report must then not be written. So
             // the callers are checked before the statements and again just before the commit;
-            // if one left meanwhile, the transaction is rolled back and run again without it
-            // (twice at most; all within the query timeout). What remains is the commit's own
-            // round trip, as ambiguous as a single report's.
-            let mut tries = 0;
+            // if one left meanwhile, the transaction is rolled back and run again without it.
+            // Each rerun has fewer reports (a caller gone stays gone), so there are at most as
+            // many as the group has reports, all within the query timeout. What remains is the
+            // commit's own round trip, as ambiguous as a single report's.
             loop {
                 let wanted: Vec<bool> = callers.iter().map(|c| c.strong_count() > 0).collect();
                 if !wanted.contains(&true) {
@@ -261,8 +261,7 @@ async fn write(mut group: Vec<Report>, pool: Pool, query_timeout: Duration) {
                     .iter()
                     .zip(&wanted)
                     .any(|(c, &w)| w && c.strong_count() == 0);
-                if left && tries < 2 {
-                    tries += 1;
+                if left {
                     tx.rollback().await.map_err(db)?;
                     continue;
                 }
