@@ -861,3 +861,45 @@ async fn generated_admin_token_and_bad_flags() {
         assert!(help.contains(flag), "--help documents {flag}");
     }
 }
+
+/// The gateway serves HTTP/1.1 and HTTP/2 with prior knowledge on one port, told apart by the
+/// connection's first bytes: both reach the local routes and the proxy, with the budget check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_with_prior_knowledge_share_the_port() {
+    let agent = Agent::start().await;
+    let gw = Gateway::start(&[]);
+    gw.register("ws-1", &agent.url()).await;
+    gw.patch_limits("ws-1", json!({"hourly": 100})).await;
+    for http2 in [false, true] {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(http2)
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let version = if http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        let health = http::Request::get(gw.url("/healthz"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let health = client.request(health).await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "{version:?}");
+        assert_eq!(health.version(), version);
+        let call = http::Request::post(gw.url("/workspaces/ws-1/a2a/echo"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = client.request(call).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{version:?}");
+        assert_eq!(response.version(), version);
+        assert!(
+            response.headers().contains_key("ratelimit"),
+            "{version:?}: checked against the budget"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let echoed: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echoed["path"], "/agent/echo", "{version:?}");
+        assert_eq!(echoed["body_len"], 2, "{version:?}");
+    }
+}

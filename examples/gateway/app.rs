@@ -52,16 +52,26 @@ pub fn connection_cap(threads: usize) -> usize {
     }
 }
 
-/// Whether the client has sent enough to tell HTTP/1 from HTTP/2 (the first bytes differ from
-/// the HTTP/2 preface, or all 24 of it are there); false at end of stream or on an error.
-async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+/// The protocol a client connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// Prior knowledge: the connection opened with the HTTP/2 preface.
+    Http2,
+}
+
+/// Which protocol the client speaks, once it has sent enough to tell (the first bytes differ
+/// from the HTTP/2 preface, or all 24 of it are there); `None` at end of stream or on an error.
+/// Peeked, not read: the connection's server reads the same bytes again.
+async fn protocol(stream: &tokio::net::TcpStream) -> Option<Protocol> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut first = [0u8; PREFACE.len()];
     let mut pause = std::time::Duration::from_millis(5);
     loop {
         match stream.peek(&mut first).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n == PREFACE.len() || first[..n] != PREFACE[..n] => return true,
+            Ok(0) | Err(_) => return None,
+            Ok(n) if first[..n] != PREFACE[..n] => return Some(Protocol::Http1),
+            Ok(n) if n == PREFACE.len() => return Some(Protocol::Http2),
             // Part of the preface: wait for the rest (peek returns at once while data is there),
             // backing off so that a client trickling bytes costs next to nothing.
             Ok(_) => {
@@ -76,9 +86,15 @@ type Slot = tokio::sync::OwnedSemaphorePermit;
 
 /// One thread's connections: each served on this thread's runtime with this thread's router
 /// (and so its own connections to agents), finished gracefully at shutdown.
+///
+/// Each connection is served by hyper's HTTP/1 or HTTP/2 server directly, chosen by what the
+/// client's first bytes (peeked) say, rather than through `hyper_util`'s auto server, which
+/// reads them itself and then reads every request of the connection through a rewinding
+/// wrapper.
 struct Connections<S> {
     router: S,
-    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     graceful: hyper_util::server::graceful::GracefulShutdown,
 }
 
@@ -106,20 +122,20 @@ impl<S> App for S where
 impl<S: App> Connections<S> {
     fn new(router: S) -> Connections<S> {
         use hyper_util::rt::{TokioExecutor, TokioTimer};
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        builder
-            .http2()
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             // A peer that stops answering pings is dropped.
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(10));
         Connections {
             router,
-            builder,
+            http1,
+            http2,
             graceful: hyper_util::server::graceful::GracefulShutdown::new(),
         }
     }
@@ -133,19 +149,21 @@ impl<S: App> Connections<S> {
                 .clone()
                 .map_request(|r: http::Request<hyper::body::Incoming>| r.map(Body::new)),
         );
-        let builder = self.builder.clone();
+        let (http1, http2) = (self.http1.clone(), self.http2.clone());
         let watcher = self.graceful.watcher();
         tokio::spawn(async move {
             // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, with no timeout of
             // its own: a client that sends nothing is dropped after the header read timeout.
-            if !tokio::time::timeout(HEADER_READ_TIMEOUT, protocol_known(&stream))
-                .await
-                .unwrap_or(false)
-            {
+            let Ok(Some(protocol)) =
+                tokio::time::timeout(HEADER_READ_TIMEOUT, protocol(&stream)).await
+            else {
                 return;
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
+            };
+            let io = TokioIo::new(stream);
+            let _ = match protocol {
+                Protocol::Http1 => watcher.watch(http1.serve_connection(io, service)).await,
+                Protocol::Http2 => watcher.watch(http2.serve_connection(io, service)).await,
+            };
             drop(slot);
         });
     }
