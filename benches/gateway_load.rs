@@ -28,6 +28,9 @@ mod app;
 #[path = "../examples/gateway/card.rs"]
 #[allow(dead_code, unused_imports)]
 mod card;
+#[path = "../examples/gateway/coarse_timer.rs"]
+#[allow(unused_imports)] // its tests are not built in a bench
+mod coarse_timer;
 #[path = "common/cpu.rs"]
 #[allow(dead_code)]
 mod cpu;

@@ -18,11 +18,16 @@ use tower_budget::store::postgres::{
 use tower_budget::store::{CachingStore, MemoryStore, Refresher, Store, DEFAULT_CACHE_TTL};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::proxy;
 
 /// How long a client may take to send a request's headers before its connection is closed
 /// (slow clients cannot hold connections open for ever).
+/// Timed by each serving thread's [`CoarseTimer`], so it fires within
+/// [`HEADER_READ_TIMER_RESOLUTION`] of that.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the header read timer looks at its clock and its timers.
+const HEADER_READ_TIMER_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most client connections open at once (fewer when the process may open fewer files); further
 /// ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -124,7 +129,7 @@ impl<S: App> Connections<S> {
         use hyper_util::rt::{TokioExecutor, TokioTimer};
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer::new(HEADER_READ_TIMER_RESOLUTION))
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2

@@ -11,6 +11,7 @@ mod alerts;
 mod allocator;
 mod app;
 mod card;
+mod coarse_timer;
 mod config;
 mod proxy;
 
