@@ -47,9 +47,10 @@ pub enum RequestBody {
 }
 
 /// Appends a request head to `out`: `method path HTTP/1.1`, `host`, the framing header of
-/// `body`, then `headers` — less whatever framing headers they carry (this head's framing is
-/// the one the body is written with) and `Expect` (the gateway sends the body without waiting
-/// for a `100 Continue`; the client had its own from the gateway's server).
+/// `body`, then `headers` — less their `Host` (the client's name for the gateway, not the
+/// agent's), whatever framing headers they carry (this head's framing is the one the body is
+/// written with) and `Expect` (the gateway sends the body without waiting for a
+/// `100 Continue`; the client had its own from the gateway's server).
 pub fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
@@ -194,6 +195,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
     // without growing the map.
     let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
+    // The agent's own spelling of the length, handed on when it is the canonical one (no
+    // formatting, no allocation).
+    let mut length_value: Option<HeaderValue> = None;
     let mut close = http_10;
     // Transfer codings over all fields: only `chunked` alone is read (any other would reach the
     // client unlabelled once the hop-by-hop field is dropped).
@@ -243,6 +247,11 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
                 return Err(Malformed("conflicting Content-Length"));
             }
             length = Some(n);
+            let canonical = value.as_bytes().iter().all(u8::is_ascii_digit)
+                && (value.len() == 1 || value.as_bytes()[0] != b'0');
+            if canonical {
+                length_value = Some(value);
+            }
             continue; // written once below
         }
         headers.append(name, value);
@@ -260,7 +269,8 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed
         }
         // A 204's or 304's would only make the server warn as it drops it.
         if !(status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED) {
-            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            let value = length_value.unwrap_or_else(|| HeaderValue::from(n));
+            headers.insert(http::header::CONTENT_LENGTH, value);
         }
     }
     if strip_named {
@@ -717,6 +727,13 @@ mod tests {
         .unwrap();
         let lengths: Vec<_> = head.headers.get_all("content-length").iter().collect();
         assert_eq!(lengths, ["2"]);
+        // Passed on in its one canonical spelling, whatever the agent's.
+        for (spelled, passed) in [("0", "0"), ("007", "7"), (" 7 ", "7"), ("7, 07", "7")] {
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {spelled}\r\n\r\n");
+            let (head, _) = parse(&raw, Method::GET).unwrap();
+            let lengths: Vec<_> = head.headers.get_all("content-length").iter().collect();
+            assert_eq!(lengths, [passed], "{spelled:?}");
+        }
         for status in ["204 No Content", "304 Not Modified"] {
             let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 10\r\n\r\n");
             let (head, _) = parse(&raw, Method::GET).unwrap();
