@@ -36,7 +36,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -186,8 +186,8 @@ impl Agents {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `request` (its URI absolute, `http://host[:port]/path?query`) on an idle
-    /// connection to its agent, or a new one, and reads the response head.
+    /// Sends a request (`method`, the client's `headers`, `body`) to the agent at `to.host`,
+    /// for `to.path`, on an idle connection to it or a new one, and reads the response head.
     ///
     /// The request body is not waited for: what of it has arrived goes out with the head, in
     /// one write, the rest as it comes; meanwhile the response is read, so an agent that
@@ -197,21 +197,14 @@ impl Agents {
     /// request is then sent once more, on a new connection, when that cannot make the agent act
     /// twice: nothing of it was written, or it is idempotent (RFC 9110 §9.2.2), went out whole
     /// in its first write and no byte of a response came back.
-    pub async fn send(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Error> {
-        let (parts, mut body) = request.into_parts();
-        if parts.uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-            return Err(Error::Url);
-        }
-        let Some(authority) = parts.uri.authority() else {
-            return Err(Error::Url);
-        };
-        // Sent in origin form, with the agent's `host[:port]` as Host (never the URL's user
-        // info), as a browser would.
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let host = match authority.as_str().rsplit_once('@') {
-            Some((_, host)) => host,
-            None => authority.as_str(),
-        };
+    pub async fn send(
+        self: &Arc<Self>,
+        to: Target<'_>,
+        method: &Method,
+        headers: &HeaderMap,
+        mut body: Body,
+    ) -> Result<Response<Body>, Error> {
+        let Target { host, path } = to;
         let length = body.size_hint().exact();
         let mut outgoing = Outgoing {
             framing: match length {
@@ -223,15 +216,8 @@ impl Agents {
             ended: false,
         };
         let body_hint = length.map_or(0, |n| n.min(FIRST_WRITE as u64) as usize);
-        let mut first = Vec::with_capacity(256 + 64 * parts.headers.len() + path.len() + body_hint);
-        wire::write_request_head(
-            &mut first,
-            &parts.method,
-            path,
-            host,
-            &parts.headers,
-            outgoing.framing,
-        );
+        let mut first = Vec::with_capacity(256 + 64 * headers.len() + path.len() + body_hint);
+        wire::write_request_head(&mut first, method, path, host, headers, outgoing.framing);
         // What of the body is here already (a JSON-RPC call's usually arrived with its head).
         while !outgoing.ended && first.len() < FIRST_WRITE {
             match body.frame().now_or_never() {
@@ -239,15 +225,15 @@ impl Agents {
                 Some(frame) => outgoing.add(frame, &body, &mut first)?,
             }
         }
-        let replayable = outgoing.ended && is_idempotent(&parts.method);
+        let replayable = outgoing.ended && is_idempotent(method);
         let mut retried = false;
         loop {
             let pooled = if retried { None } else { self.checkout(host) };
             let (mut conn, key, reused) = match pooled {
                 Some((conn, key)) => (conn, key, true),
-                None => (self.connect(authority).await?, Arc::from(host), false),
+                None => (self.connect(host).await?, Arc::from(host), false),
             };
-            match exchange(&mut conn, &first, &mut body, &mut outgoing, &parts.method).await {
+            match exchange(&mut conn, &first, &mut body, &mut outgoing, method).await {
                 Ok((head, sent_whole)) => return Ok(self.response(conn, key, head, sent_whole)),
                 Err(failure) => {
                     let safe = failure.nothing_written
@@ -325,13 +311,10 @@ impl Agents {
         found
     }
 
-    async fn connect(&self, authority: &http::uri::Authority) -> Result<Conn, Error> {
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let io = self.connect_tcp(host, port).await?;
+    /// A new connection to `host` (`name[:port]`, port 80 by default).
+    async fn connect(&self, host: &str) -> Result<Conn, Error> {
+        let (name, port) = name_and_port(host).ok_or(Error::Url)?;
+        let io = self.connect_tcp(name, port).await?;
         io.set_nodelay(true).map_err(Error::Connect)?;
         self.opened.increment(1);
         Ok(Conn {
@@ -389,6 +372,89 @@ impl Agents {
         }
         agent.parked.push(Parked { conn, since: now });
     }
+}
+
+/// Where a request to an agent goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The agent's `host[:port]`, without user info: the request's Host field (as a browser
+    /// sends it), the pool's key, and what is connected to.
+    pub host: &'a str,
+    /// The request target in origin form: `/path[?query]`.
+    pub path: &'a str,
+}
+
+/// An agent URL's `host[:port]` (user info left out) and its path (possibly empty), or `None`
+/// unless it is `http://` with a host and nothing that could break out of a request head: its
+/// bytes are checked here, as the URL comes from the store and is written into the head as it
+/// is. The API accepts only URLs the `http` crate parses, without query or fragment.
+pub fn split_url(url: &str) -> Option<(&str, &str)> {
+    // One pass over short strings, byte by byte: `find`, `split_once` and the like each set up
+    // a `memchr`, and cost more here than the `Uri` parse this replaced.
+    if !url.as_bytes().get(..7)?.eq_ignore_ascii_case(b"http://") {
+        return None;
+    }
+    let rest = &url[7..];
+    let mut host_start = 0;
+    let mut end = rest.len();
+    for (i, &b) in rest.as_bytes().iter().enumerate() {
+        match b {
+            b'/' => {
+                end = i;
+                break;
+            }
+            b'@' => host_start = i + 1,
+            // RFC 3986 authority characters.
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => {}
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+            | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%' => {}
+            _ => return None,
+        }
+    }
+    let (authority, path) = rest.split_at(end);
+    let host = &authority[host_start..];
+    // Printable, no space, no query or fragment.
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    (path_ok && name_and_port(host).is_some()).then_some((host, path))
+}
+
+/// `host[:port]` as a name (an IPv6 address without its brackets) to resolve and a port (80
+/// when none is given); `None` without a name or with a port that is not one.
+fn name_and_port(host: &str) -> Option<(&str, u16)> {
+    let position = |s: &str, c: u8| s.bytes().position(|b| b == c);
+    let (name, port) = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            let close = position(bracketed, b']')?;
+            let port = match bracketed.as_bytes()[close + 1..] {
+                [] => "",
+                [b':', ..] => &bracketed[close + 2..],
+                _ => return None,
+            };
+            (&bracketed[..close], port)
+        }
+        None => match position(host, b':') {
+            Some(i) => (&host[..i], &host[i + 1..]),
+            None => (host, ""),
+        },
+    };
+    let port = if port.is_empty() {
+        80
+    } else {
+        if port.len() > 5 {
+            return None;
+        }
+        let mut n = 0u32;
+        for b in port.bytes() {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u32::from(b - b'0');
+        }
+        u16::try_from(n).ok()?
+    };
+    (!name.is_empty()).then_some((name, port))
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE: safe to send again (RFC 9110 §9.2.2).
@@ -813,9 +879,62 @@ mod tests {
         (url, closures)
     }
 
+    /// Where `url` (`http://host[:port][/path]`) points.
+    fn to(url: &str) -> Target<'_> {
+        let (host, path) = split_url(url).unwrap();
+        Target {
+            host,
+            path: if path.is_empty() { "/" } else { path },
+        }
+    }
+
+    /// Agent URLs from the store are split without the `http` crate's parser, so anything
+    /// that could break out of the request head, or is not a plain `http://` URL, is refused.
+    #[test]
+    fn agent_urls_split_into_host_and_path() {
+        for (url, host, path) in [
+            ("http://127.0.0.1:9901", "127.0.0.1:9901", ""),
+            ("HTTP://agent/a2a/", "agent", "/a2a/"),
+            ("http://user:pw@agent:81/p", "agent:81", "/p"),
+            ("http://[::1]:8080/x", "[::1]:8080", "/x"),
+            ("http://[::1]/", "[::1]", "/"),
+            ("http://agent:/p", "agent:", "/p"),
+        ] {
+            assert_eq!(split_url(url), Some((host, path)), "{url}");
+        }
+        for bad in [
+            "https://agent/",
+            "http://",
+            "http:///p",
+            "http://agent:x/",
+            "http://agent:65536/",
+            "http://agent:80:80/",
+            "http://[::1/",
+            "http://[::1]x/",
+            "http://::1/",
+            "http://agent /p",
+            "http://agent/p q",
+            "http://agent/p\r\nx: y",
+            "http://agent\r\nx: y/",
+            "http://agent/p?q=1",
+            "http://agent/p#f",
+            "http://agent?q",
+            "http://agent/caf\u{e9}",
+            "ftp://agent/",
+            "agent:80",
+        ] {
+            assert_eq!(split_url(bad), None, "{bad:?}");
+        }
+        assert_eq!(name_and_port("agent"), Some(("agent", 80)));
+        assert_eq!(name_and_port("[fe80::1]:9"), Some(("fe80::1", 9)));
+        assert_eq!(name_and_port("agent:"), Some(("agent", 80)));
+    }
+
     async fn get(agents: &Arc<Agents>, url: &str) {
-        let request = Request::get(url).body(Body::empty()).unwrap();
-        let response = agents.send(request).await.unwrap();
+        let response = agents
+            .send(to(url), &Method::GET, &HeaderMap::new(), Body::empty())
+            .await
+            .unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);
         drop(response); // empty: the connection goes back to the pool
     }
@@ -1281,12 +1400,9 @@ mod tests {
         url: &str,
         body: Body,
     ) -> Result<(http::StatusCode, Bytes), Error> {
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
-            .body(body)
-            .unwrap();
-        let response = agents.send(request).await?;
+        let response = agents
+            .send(to(url), &method, &HeaderMap::new(), body)
+            .await?;
         let status = response.status();
         let body = response
             .into_body()
@@ -1371,7 +1487,7 @@ mod tests {
         )
         .await;
         let response = agents
-            .send(Request::get(&url).body(Body::empty()).unwrap())
+            .send(to(&url), &Method::GET, &HeaderMap::new(), Body::empty())
             .await
             .unwrap();
         assert!(
@@ -1407,15 +1523,17 @@ mod tests {
             "{request}"
         );
 
-        let mut request = Request::post(&url).body(Body::from("{\"a\":1}")).unwrap();
-        request
-            .headers_mut()
-            .insert("content-length", http::HeaderValue::from_static("999"));
-        request.headers_mut().insert(
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", http::HeaderValue::from_static("999"));
+        headers.insert(
             "transfer-encoding",
             http::HeaderValue::from_static("chunked"),
         );
-        agents.send(request).await.unwrap();
+        let body = Body::from("{\"a\":1}");
+        agents
+            .send(to(&url), &Method::POST, &headers, body)
+            .await
+            .unwrap();
         let request = String::from_utf8(requests.recv().await.unwrap()).unwrap();
         assert!(request.contains("\r\ncontent-length: 7\r\n"), "{request}");
         assert!(

@@ -18,7 +18,7 @@ use tower_budget::layer::BudgetDecision;
 use tower_budget::store::{Registry, StoreError};
 use tower_budget::WorkspaceId;
 
-use crate::agents::{strip_hop_by_hop, Agents, Error as AgentError};
+use crate::agents::{self, strip_hop_by_hop, Agents, Error as AgentError};
 use crate::card;
 
 /// Largest agent card the gateway rewrites.
@@ -148,7 +148,9 @@ pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
 /// The workspace id and the path below `/workspaces/{id}/a2a`, for a proxied path.
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/workspaces/")?;
-    let (id, rest) = rest.split_once('/')?;
+    // A byte loop rather than `split_once`, which sets up a `memchr` for a few bytes.
+    let slash = rest.bytes().position(|b| b == b'/')?;
+    let (id, rest) = (&rest[..slash], &rest[slash + 1..]);
     let suffix = rest.strip_prefix("a2a")?;
     (suffix.is_empty() || suffix.starts_with('/')).then_some((id, suffix))
 }
@@ -216,21 +218,31 @@ impl Inner {
         // it, so it is fetched under its one spelling and rewritten like any other.
         let card_path = card::canonical_card_path(suffix);
         let is_card = card_path.is_some();
-        let suffix = card_path.unwrap_or(suffix).to_owned();
-        let mut target = if suffix.is_empty() {
-            agent_url.clone()
-        } else {
-            format!("{}{suffix}", agent_url.trim_end_matches('/'))
-        };
-        if let Some(q) = parts.uri.query() {
-            target.push('?');
-            target.push_str(q);
-        }
-        let Ok(uri) = target.parse::<Uri>() else {
+        let suffix = card_path.unwrap_or(suffix);
+        let Some((host, base)) = agents::split_url(&agent_url) else {
             return error(StatusCode::BAD_GATEWAY, "agent URL is not valid");
         };
+        // The agent's path, the path below `/a2a` (the client's, already parsed and checked
+        // above, so it cannot break out of the request line), and the client's query.
+        let query = parts.uri.query();
+        let mut path =
+            String::with_capacity(base.len() + suffix.len() + query.map_or(0, str::len) + 2);
+        if suffix.is_empty() {
+            path.push_str(base);
+        } else {
+            path.push_str(base.trim_end_matches('/'));
+            path.push_str(suffix);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        if let Some(q) = query {
+            path.push('?');
+            path.push_str(q);
+        }
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST); // the client sets the agent's
+        // The client's Host is not passed on: the request head gets the agent's
+        // (`wire::write_request_head`, which skips the field).
         if is_card {
             // The card is rewritten, so it must arrive whole and uncompressed; a HEAD is sent as
             // a GET so that its headers describe the rewritten card.
@@ -250,12 +262,9 @@ impl Inner {
                 parts.method = Method::GET;
             }
         }
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
-        let upstream = Request::from_parts(parts, body);
-
-        let response = match tokio::time::timeout(self.timeout, self.inner_request(upstream)).await
-        {
+        let to = agents::Target { host, path: &path };
+        let sending = self.agents.send(to, &parts.method, &parts.headers, body);
+        let response = match tokio::time::timeout(self.timeout, sending).await {
             Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
             Ok(Err(e)) => {
                 tracing::debug!(%workspace, error = %e, "agent call failed");
@@ -350,10 +359,6 @@ impl Inner {
             tracing::warn!(%workspace, error = %failure, last_known_used = used, "registry lookup failed (warnings held back for 10 s)");
         }
         known.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"))
-    }
-
-    async fn inner_request(&self, request: Request<Body>) -> Result<Response<Body>, AgentError> {
-        self.agents.send(request).await
     }
 }
 
