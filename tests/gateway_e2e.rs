@@ -642,10 +642,18 @@ async fn proxy_keeps_query_and_authorization_drops_hop_by_hop_and_maps_errors() 
     );
     assert_eq!(headers["host"], agent.addr.to_string());
 
+    let asked = Instant::now();
     let slow = gw
         .call(Method::GET, "/workspaces/ws-1/a2a/slow", None, None)
         .await;
+    let waited = asked.elapsed();
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    // The agent answers after 3 s; the 500 ms timeout is kept to within its timer's tick
+    // (25 ms), with room for a slow machine.
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(2500),
+        "504 after {waited:?}"
+    );
     assert!(slow.json["error"].is_string());
     let unregistered = gw
         .call(Method::GET, "/workspaces/ghost/a2a", None, None)

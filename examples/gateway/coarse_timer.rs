@@ -1,15 +1,14 @@
-//! The timer behind the HTTP/1 header read timeout: one per serving thread, with a coarse
-//! clock.
+//! Timers for the two timeouts every proxied request arms and almost never reaches: the HTTP/1
+//! header read timeout (hyper's, through its `Timer` trait) and the wait for the agent's
+//! response head (the proxy's). One timer per serving thread for each, with a coarse clock.
 //!
-//! hyper starts a timer for every request head it waits for and drops it once the head is
-//! in. On Tokio's timer that is a clock read, a boxed entry registered in the runtime's timer
-//! wheel, and its removal: ~800 instructions per proxied request, for a timeout of seconds
-//! that almost never fires (BENCHMARKS.md, "The gateway against nginx"). Here a timer is a
-//! slot in a per-thread table, taken on its first poll and given back on drop; a task of the
-//! thread's runtime looks at the table every `resolution` and wakes what has expired, and
-//! `now` is the time of the last such look (as nginx reads its clock once per turn of its
-//! event loop). A timeout of `d` therefore fires between `d - resolution` and
-//! `d + resolution` after it was set.
+//! On Tokio's timer each of those is a clock read, an entry registered in the runtime's timer
+//! wheel, and its removal: ~700–800 instructions per request apiece (BENCHMARKS.md, "The
+//! gateway against nginx"). Here a timer is a slot in a per-thread table, taken on its first
+//! poll and given back on drop; a task of the thread's runtime looks at the table every
+//! `resolution` and wakes what has expired, and `now` is the time of the last such look (as
+//! nginx reads its clock once per turn of its event loop). A timeout of `d` therefore fires
+//! between `d - resolution` and `d + resolution` after it was set.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,6 +88,18 @@ impl CoarseTimer {
     }
 }
 
+impl CoarseTimer {
+    /// A sleep of `duration` from the clock's last tick, unboxed.
+    pub fn sleep_for(&self, duration: Duration) -> CoarseSleep {
+        let now = self.table.lock().now;
+        CoarseSleep {
+            table: self.table.clone(),
+            deadline: now + duration,
+            slot: None,
+        }
+    }
+}
+
 impl hyper::rt::Timer for CoarseTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         self.sleep_until(self.now() + duration)
@@ -109,7 +120,7 @@ impl hyper::rt::Timer for CoarseTimer {
 
 /// One timer: its slot is taken on the first poll that finds the deadline ahead, and kept
 /// until drop (so that an index is never reused while its timer lives).
-struct CoarseSleep {
+pub struct CoarseSleep {
     table: Arc<Table>,
     deadline: Instant,
     slot: Option<usize>,

@@ -2,6 +2,7 @@
 //! Bodies stream both ways; hop-by-hop headers are dropped; agent cards are rewritten.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tower_budget::WorkspaceId;
 
 use crate::agents::{self, strip_hop_by_hop, Agents, Error as AgentError};
 use crate::card;
+use crate::coarse_timer::CoarseTimer;
 
 /// Largest agent card the gateway rewrites.
 const MAX_CARD_BYTES: usize = 1024 * 1024;
@@ -34,6 +36,8 @@ struct Inner {
     agents: Arc<Agents>,
     public_url: String,
     timeout: Duration,
+    /// Times `timeout`, to within a twentieth of it (at most a second).
+    timer: CoarseTimer,
     /// The longest a registration lookup may take (the budget check's timeout).
     lookup_timeout: Duration,
     warn: WarnEvery,
@@ -66,6 +70,7 @@ impl WarnEvery {
 impl Proxy {
     /// Proxies to the agents registered in `store` (lookups go through its cache), waiting at
     /// most `timeout` for an agent's response headers and `lookup_timeout` for the store.
+    /// Call it within the Tokio runtime that will serve it: its timer ticks there.
     pub fn new(
         store: Arc<dyn Registry>,
         public_url: String,
@@ -79,6 +84,9 @@ impl Proxy {
                 agents,
                 public_url,
                 timeout,
+                timer: CoarseTimer::new(
+                    (timeout / 20).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+                ),
                 lookup_timeout,
                 warn: WarnEvery {
                     next: std::sync::Mutex::new(None),
@@ -263,10 +271,16 @@ impl Inner {
             }
         }
         let to = agents::Target { host, path: &path };
-        let sending = self.agents.send(to, &parts.method, &parts.headers, body);
-        let response = match tokio::time::timeout(self.timeout, sending).await {
-            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
-            Ok(Err(e)) => {
+        let mut sending = std::pin::pin!(self.agents.send(to, &parts.method, &parts.headers, body));
+        let mut timeout = self.timer.sleep_for(self.timeout);
+        let answer = std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(Some(answer)),
+            Poll::Pending => std::pin::Pin::new(&mut timeout).poll(cx).map(|()| None),
+        })
+        .await;
+        let response = match answer {
+            None => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
+            Some(Err(e)) => {
                 tracing::debug!(%workspace, error = %e, "agent call failed");
                 return match e {
                     AgentError::Malformed(_) => {
@@ -278,7 +292,7 @@ impl Inner {
                     _ => error(StatusCode::BAD_GATEWAY, "agent unreachable"),
                 };
             }
-            Ok(Ok(r)) => r,
+            Some(Ok(r)) => r,
         };
         let (mut parts, body) = response.into_parts();
         // The agent client leaves hop-by-hop fields out of the heads it parses; this one scan of
