@@ -911,3 +911,50 @@ async fn http1_and_http2_with_prior_knowledge_share_the_port() {
         assert_eq!(echoed["body_len"], 2, "{version:?}");
     }
 }
+
+/// The registered URL's path and the path below `/a2a` are joined with one slash, the query
+/// follows, user info never reaches the agent; an agent URL the proxy cannot use is a 502 that
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_paths_are_joined_and_unusable_agent_urls_are_502() {
+    let agent = Agent::start().await;
+    let gw = Gateway::start(&[]);
+    let addr = agent.addr.to_string();
+    for (registered, asked, reached, query) in [
+        (
+            format!("http://{addr}"),
+            "/workspaces/ws-1/a2a/agent/echo?q=1",
+            "/agent/echo",
+            json!("q=1"),
+        ),
+        (
+            format!("http://{addr}/agent/"),
+            "/workspaces/ws-1/a2a/echo/x",
+            "/agent/echo/x",
+            Value::Null,
+        ),
+        (
+            format!("HTTP://user:pw@{addr}/agent"),
+            "/workspaces/ws-1/a2a/echo",
+            "/agent/echo",
+            Value::Null,
+        ),
+    ] {
+        gw.register("ws-1", &registered).await;
+        let r = gw
+            .call_raw(Method::POST, asked, None, Some("{}"), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{registered} {asked}");
+        assert_eq!(r.json["path"], reached, "{registered} {asked}");
+        assert_eq!(r.json["query"], query, "{registered} {asked}");
+        assert_eq!(r.json["headers"]["host"], addr.as_str(), "{registered}");
+    }
+    gw.register("ws-2", &format!("https://{addr}/agent")).await;
+    let r = rpc(&gw, "ws-2").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.json["error"].as_str().unwrap().contains("https://"),
+        "{:?}",
+        r.json
+    );
+}

@@ -374,20 +374,34 @@ impl Agents {
     }
 }
 
-/// Where a request to an agent goes.
+/// Where a request to an agent goes: made by [`Target::new`], which checks that neither part
+/// can break out of the request head they are written into as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target<'a> {
-    /// The agent's `host[:port]`, without user info: the request's Host field (as a browser
-    /// sends it), the pool's key, and what is connected to.
-    pub host: &'a str,
-    /// The request target in origin form: `/path[?query]`.
-    pub path: &'a str,
+    host: &'a str,
+    path: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// `host`: the agent's `host[:port]`, without user info — the request's Host field (as a
+    /// browser sends it), the pool's key, and what is connected to. `path`: the request target
+    /// in origin form, `/path[?query]`. `None` if either holds a space, a control character or
+    /// DEL (a host that is not a name with an optional port fails at connect, `Error::Url`).
+    pub fn new(host: &'a str, path: &'a str) -> Option<Target<'a>> {
+        (head_safe(host) && head_safe(path)).then_some(Target { host, path })
+    }
+}
+
+/// No byte that could end a request line or header field early (space, controls, DEL); bytes
+/// past ASCII pass, as the `http` crate's parser lets them into paths.
+fn head_safe(s: &str) -> bool {
+    s.bytes().all(|b| b > b' ' && b != 0x7f)
 }
 
 /// An agent URL's `host[:port]` (user info left out) and its path (possibly empty), or `None`
-/// unless it is `http://` with a host and nothing that could break out of a request head: its
-/// bytes are checked here, as the URL comes from the store and is written into the head as it
-/// is. The API accepts only URLs the `http` crate parses, without query or fragment.
+/// unless it is `http://` with a host, an authority of RFC 3986 characters and a path with
+/// neither query nor fragment (the API accepts only URLs the `http` crate parses, without query
+/// or fragment, but the URL comes from the store, and is checked here again).
 pub fn split_url(url: &str) -> Option<(&str, &str)> {
     // One pass over short strings, byte by byte: `find`, `split_once` and the like each set up
     // a `memchr`, and cost more here than the `Uri` parse this replaced.
@@ -413,10 +427,9 @@ pub fn split_url(url: &str) -> Option<(&str, &str)> {
     }
     let (authority, path) = rest.split_at(end);
     let host = &authority[host_start..];
-    // Printable, no space, no query or fragment.
     let path_ok = path
         .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        .all(|b| b > b' ' && b != 0x7f && b != b'?' && b != b'#');
     (path_ok && name_and_port(host).is_some()).then_some((host, path))
 }
 
@@ -442,6 +455,8 @@ fn name_and_port(host: &str) -> Option<(&str, u16)> {
     let port = if port.is_empty() {
         80
     } else {
+        let zeros = port.bytes().take_while(|&b| b == b'0').count();
+        let port = &port[zeros.min(port.len() - 1)..];
         if port.len() > 5 {
             return None;
         }
@@ -882,10 +897,7 @@ mod tests {
     /// Where `url` (`http://host[:port][/path]`) points.
     fn to(url: &str) -> Target<'_> {
         let (host, path) = split_url(url).unwrap();
-        Target {
-            host,
-            path: if path.is_empty() { "/" } else { path },
-        }
+        Target::new(host, if path.is_empty() { "/" } else { path }).unwrap()
     }
 
     /// Agent URLs from the store are split without the `http` crate's parser, so anything
@@ -899,6 +911,11 @@ mod tests {
             ("http://[::1]:8080/x", "[::1]:8080", "/x"),
             ("http://[::1]/", "[::1]", "/"),
             ("http://agent:/p", "agent:", "/p"),
+            ("Http://a@b@agent/", "agent", "/"),
+            ("http://@agent", "agent", ""),
+            ("http://agent:000080/", "agent:000080", "/"),
+            ("http://agent:0/", "agent:0", "/"),
+            ("http://agent/caf\u{e9}", "agent", "/caf\u{e9}"),
         ] {
             assert_eq!(split_url(url), Some((host, path)), "{url}");
         }
@@ -919,7 +936,9 @@ mod tests {
             "http://agent/p?q=1",
             "http://agent/p#f",
             "http://agent?q",
-            "http://agent/caf\u{e9}",
+            "http://agent/p\u{7f}",
+            "http://agent/p\tq",
+            "http://agent:065536/",
             "ftp://agent/",
             "agent:80",
         ] {
@@ -928,6 +947,12 @@ mod tests {
         assert_eq!(name_and_port("agent"), Some(("agent", 80)));
         assert_eq!(name_and_port("[fe80::1]:9"), Some(("fe80::1", 9)));
         assert_eq!(name_and_port("agent:"), Some(("agent", 80)));
+        assert_eq!(name_and_port("agent:000080"), Some(("agent", 80)));
+        // What the head is written from is checked again, whoever builds it.
+        assert!(Target::new("agent:80", "/p?q=1").is_some());
+        assert!(Target::new("agent", "/p q").is_none());
+        assert!(Target::new("agent", "/p\r\nx: y").is_none());
+        assert!(Target::new("agent\r\nx: y", "/").is_none());
     }
 
     async fn get(agents: &Arc<Agents>, url: &str) {

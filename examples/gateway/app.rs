@@ -23,8 +23,8 @@ use crate::proxy;
 
 /// How long a client may take to send a request's headers before its connection is closed
 /// (slow clients cannot hold connections open for ever).
-/// Timed by each serving thread's [`CoarseTimer`], so it fires within
-/// [`HEADER_READ_TIMER_RESOLUTION`] of that.
+/// Timed by each serving thread's [`CoarseTimer`]: never before, and about
+/// [`HEADER_READ_TIMER_RESOLUTION`] after at most.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the header read timer looks at its clock and its timers.
 const HEADER_READ_TIMER_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,18 +1,20 @@
 //! Timers for the two timeouts every proxied request arms and almost never reaches: the HTTP/1
 //! header read timeout (hyper's, through its `Timer` trait) and the wait for the agent's
-//! response head (the proxy's). One timer per serving thread for each, with a coarse clock.
+//! response head (the proxy's). Each serving thread has one timer for each.
 //!
-//! On Tokio's timer each of those is a clock read, an entry registered in the runtime's timer
-//! wheel, and its removal: ~700–800 instructions per request apiece (BENCHMARKS.md, "The
-//! gateway against nginx"). Here a timer is a slot in a per-thread table, taken on its first
-//! poll and given back on drop; a task of the thread's runtime looks at the table every
-//! `resolution` and wakes what has expired, and `now` is the time of the last such look (as
-//! nginx reads its clock once per turn of its event loop). A timeout of `d` therefore fires
-//! between `d - resolution` and `d + resolution` after it was set.
+//! On Tokio's timer each of those is an entry registered in the runtime's timer wheel on its
+//! first poll and removed on drop: ~600 and ~700 instructions per proxied request (BENCHMARKS.md,
+//! "The gateway against nginx", the instruction table). Here a timer is a slot in a table,
+//! taken on its first poll and given back on drop, and a task looks at the table every
+//! `resolution` and wakes what has expired. The deadline is taken from the clock when the
+//! timer is made, and a timer counts as expired only once a look at the clock has passed it:
+//! it never fires early, and fires at most about one `resolution` late (more when the thread
+//! is too busy to run the looking task on time). The task runs only while timers are waiting:
+//! an idle thread is not woken by it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -23,15 +25,20 @@ pub struct CoarseTimer {
 }
 
 struct Table {
+    resolution: Duration,
     state: Mutex<State>,
 }
 
 struct State {
-    /// The time of the last tick: what `now` answers, and what a deadline is compared with.
+    /// The time of the last look: a timer whose deadline it has reached has expired.
     now: Instant,
     slots: Vec<Slot>,
     /// Slots no timer holds.
     free: Vec<usize>,
+    /// Slots timers hold (expired or not).
+    held: usize,
+    /// Whether the looking task runs (it ends when no slot is held).
+    ticking: bool,
 }
 
 struct Slot {
@@ -45,11 +52,16 @@ impl Table {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the clock to `now` and wakes every timer whose deadline it has reached.
-    fn tick(&self, now: Instant) {
+    /// Moves the clock to `now` and wakes every timer whose deadline it has reached; false
+    /// (and the task stops) when no timer is left to look after.
+    fn tick(&self, now: Instant) -> bool {
         let expired: Vec<Waker> = {
             let mut state = self.lock();
             state.now = now;
+            if state.held == 0 {
+                state.ticking = false;
+                return false;
+            }
             state
                 .slots
                 .iter_mut()
@@ -60,41 +72,48 @@ impl Table {
         for waker in expired {
             waker.wake();
         }
+        true
+    }
+}
+
+/// Looks at `table` every `resolution` while it holds timers.
+async fn tick(table: Weak<Table>, resolution: Duration) {
+    let mut every = tokio::time::interval(resolution);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await; // the first tick is at once
+    loop {
+        every.tick().await;
+        match table.upgrade() {
+            Some(table) if table.tick(Instant::now()) => {}
+            _ => return,
+        }
     }
 }
 
 impl CoarseTimer {
-    /// A timer whose clock moves every `resolution`, by a task spawned on the current Tokio
-    /// runtime (so: call it within one). The task ends once the timer and its sleeps are gone.
+    /// A timer whose expiries are seen every `resolution`. Its looking task is spawned on the
+    /// Tokio runtime that polls its first waiting timer (and again after it stopped for lack of
+    /// timers), so it ticks wherever its timers are polled.
     pub fn new(resolution: Duration) -> CoarseTimer {
-        let table = Arc::new(Table {
-            state: Mutex::new(State {
-                now: Instant::now(),
-                slots: Vec::new(),
-                free: Vec::new(),
+        CoarseTimer {
+            table: Arc::new(Table {
+                resolution,
+                state: Mutex::new(State {
+                    now: Instant::now(),
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    held: 0,
+                    ticking: false,
+                }),
             }),
-        });
-        let weak = Arc::downgrade(&table);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(resolution);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let Some(table) = weak.upgrade() else { return };
-                table.tick(Instant::now());
-            }
-        });
-        CoarseTimer { table }
+        }
     }
-}
 
-impl CoarseTimer {
-    /// A sleep of `duration` from the clock's last tick, unboxed.
+    /// A sleep of `duration` from now, unboxed.
     pub fn sleep_for(&self, duration: Duration) -> CoarseSleep {
-        let now = self.table.lock().now;
         CoarseSleep {
             table: self.table.clone(),
-            deadline: now + duration,
+            deadline: Instant::now() + duration,
             slot: None,
         }
     }
@@ -102,7 +121,7 @@ impl CoarseTimer {
 
 impl hyper::rt::Timer for CoarseTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(self.now() + duration)
+        Box::pin(self.sleep_for(duration))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -111,10 +130,6 @@ impl hyper::rt::Timer for CoarseTimer {
             deadline,
             slot: None,
         })
-    }
-
-    fn now(&self) -> Instant {
-        self.table.lock().now
     }
 }
 
@@ -156,6 +171,11 @@ impl Future for CoarseSleep {
                     }
                 };
                 this.slot = Some(i);
+                state.held += 1;
+                if !state.ticking {
+                    state.ticking = true;
+                    tokio::spawn(tick(Arc::downgrade(&this.table), this.table.resolution));
+                }
             }
         }
         Poll::Pending
@@ -170,6 +190,7 @@ impl Drop for CoarseSleep {
             let mut state = self.table.lock();
             state.slots[i].waker = None;
             state.free.push(i);
+            state.held -= 1;
         }
     }
 }
@@ -177,40 +198,68 @@ impl Drop for CoarseSleep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Timer;
 
-    /// Expired timers wake within a tick or two of their deadline, the others stay asleep,
-    /// and dropped ones give their slots back.
+    /// Timers fire after their deadline, never before, within a few ticks of it; the others
+    /// stay asleep; dropped ones give their slots back; the looking task stops once no timer
+    /// is left.
     #[tokio::test]
     async fn timers_fire_at_the_tick_after_their_deadline() {
         let resolution = Duration::from_millis(20);
         let timer = CoarseTimer::new(resolution);
         let started = Instant::now();
-        let short = timer.sleep(Duration::from_millis(60));
-        let long = timer.sleep(Duration::from_secs(3600));
-        let dropped = timer.sleep(Duration::from_millis(10));
-        let mut long = long;
+        let short = timer.sleep_for(Duration::from_millis(60));
+        let mut long = timer.sleep_for(Duration::from_secs(3600));
+        let dropped = timer.sleep_for(Duration::from_millis(10));
         let mut cx = Context::from_waker(Waker::noop());
         // Registered by a first poll, then dropped unexpired: its slot goes to `long`.
         {
             let mut dropped = dropped;
-            assert!(dropped.as_mut().poll(&mut cx).is_pending());
+            assert!(Pin::new(&mut dropped).poll(&mut cx).is_pending());
         }
-        assert!(long.as_mut().poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut long).poll(&mut cx).is_pending());
         assert_eq!(timer.table.lock().slots.len(), 1, "the slot was reused");
-        short.await;
+        tokio::time::timeout(Duration::from_secs(10), short)
+            .await
+            .expect("the timer fired");
         let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(60), "early: {waited:?}");
+        // Generous for a loaded machine: a timer that never fires is what this catches.
+        assert!(waited < Duration::from_secs(5), "late: {waited:?}");
         assert!(
-            waited >= Duration::from_millis(60) - resolution,
-            "fired after {waited:?}"
-        );
-        assert!(
-            long.as_mut().poll(&mut cx).is_pending(),
+            Pin::new(&mut long).poll(&mut cx).is_pending(),
             "a far deadline stays asleep"
         );
-        let state = timer.table.lock();
-        assert_eq!(state.slots.len(), 2);
-        assert_eq!(state.free, [1], "the expired timer's slot was given back");
-        assert!(state.now >= started + Duration::from_millis(60) - resolution);
+        {
+            let state = timer.table.lock();
+            assert_eq!(state.slots.len(), 2);
+            assert_eq!(state.free, [1], "the expired timer's slot was given back");
+            assert!(state.ticking);
+        }
+        drop(long);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while timer.table.lock().ticking {
+            assert!(Instant::now() < deadline, "still ticking without timers");
+            tokio::time::sleep(resolution).await;
+        }
+        // A new timer starts the task again.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            timer.sleep_for(Duration::from_millis(1)),
+        )
+        .await
+        .expect("fired after a restart");
+    }
+
+    /// hyper's path: a deadline from the real clock, through `sleep_until`.
+    #[tokio::test]
+    async fn hyper_sleeps_fire_too() {
+        use hyper::rt::Timer;
+        let timer = CoarseTimer::new(Duration::from_millis(10));
+        let started = Instant::now();
+        let sleep = timer.sleep_until(started + Duration::from_millis(30));
+        tokio::time::timeout(Duration::from_secs(10), sleep)
+            .await
+            .expect("the timer fired");
+        assert!(started.elapsed() >= Duration::from_millis(30));
     }
 }

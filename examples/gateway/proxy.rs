@@ -36,11 +36,13 @@ struct Inner {
     agents: Arc<Agents>,
     public_url: String,
     timeout: Duration,
-    /// Times `timeout`, to within a twentieth of it (at most a second).
+    /// Times `timeout`: never early, late by about a twentieth of it at most (10 ms to 1 s).
     timer: CoarseTimer,
     /// The longest a registration lookup may take (the budget check's timeout).
     lookup_timeout: Duration,
     warn: WarnEvery,
+    /// For agent URLs the proxy cannot use.
+    url_warn: WarnEvery,
     /// `gateway_registry_fallbacks_total{outcome="last_known"|"unavailable"}`, resolved once.
     fallbacks: [metrics::Counter; 2],
 }
@@ -89,6 +91,9 @@ impl Proxy {
                 ),
                 lookup_timeout,
                 warn: WarnEvery {
+                    next: std::sync::Mutex::new(None),
+                },
+                url_warn: WarnEvery {
                     next: std::sync::Mutex::new(None),
                 },
                 fallbacks: ["last_known", "unavailable"]
@@ -228,10 +233,10 @@ impl Inner {
         let is_card = card_path.is_some();
         let suffix = card_path.unwrap_or(suffix);
         let Some((host, base)) = agents::split_url(&agent_url) else {
-            return error(StatusCode::BAD_GATEWAY, "agent URL is not valid");
+            return self.unusable(&workspace, &agent_url);
         };
-        // The agent's path, the path below `/a2a` (the client's, already parsed and checked
-        // above, so it cannot break out of the request line), and the client's query.
+        // The agent's path, the path below `/a2a` and the client's query (both parsed by the
+        // server and checked above; `Target::new` checks the whole again).
         let query = parts.uri.query();
         let mut path =
             String::with_capacity(base.len() + suffix.len() + query.map_or(0, str::len) + 2);
@@ -270,7 +275,9 @@ impl Inner {
                 parts.method = Method::GET;
             }
         }
-        let to = agents::Target { host, path: &path };
+        let Some(to) = agents::Target::new(host, &path) else {
+            return self.unusable(&workspace, &agent_url);
+        };
         let mut sending = std::pin::pin!(self.agents.send(to, &parts.method, &parts.headers, body));
         let mut timeout = self.timer.sleep_for(self.timeout);
         let answer = std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
@@ -322,6 +329,24 @@ impl Inner {
             }
         }
         Response::from_parts(parts, body)
+    }
+
+    /// The answer for a registered agent URL the proxy cannot use (https://, or odd stored
+    /// data): 502, and a warning (at most one per 10 s) that says which.
+    fn unusable(&self, workspace: &WorkspaceId, agent_url: &str) -> Response<Body> {
+        let https = agent_url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let why = if https {
+            "agent URL is https://: the gateway reaches agents over plain http:// only"
+        } else {
+            "agent URL is not valid"
+        };
+        if self.url_warn.due() {
+            // Not the URL itself: it may carry credentials.
+            tracing::warn!(%workspace, "{why} (warnings held back for 10 s)");
+        }
+        error(StatusCode::BAD_GATEWAY, why)
     }
 
     /// The workspace's agent URL: from the store (through its cache) by `deadline`, else the last
