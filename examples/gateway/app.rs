@@ -104,11 +104,12 @@ struct Connections<S> {
 }
 
 /// A thread's open connections, and what tells them to finish at shutdown: each connection
-/// looks at a flag when it is polled, and is woken once when the flag is set. (hyper_util's
-/// `GracefulShutdown`, used before, has every connection poll a channel receiver each time it
-/// is polled: ~450 instructions per proxied request.)
+/// registers its task's waker once and looks at a flag when it is polled; shutdown sets the flag
+/// and wakes them all once. (hyper_util's `GracefulShutdown`, used before, has every connection
+/// poll a channel receiver each time it is polled: ~450 instructions per proxied request.)
 #[derive(Default)]
 struct Drain {
+    /// Set under the state's lock, so that a waker registered without seeing it is woken.
     draining: std::sync::atomic::AtomicBool,
     state: std::sync::Mutex<DrainState>,
     /// Notified when the last connection closes while draining.
@@ -128,6 +129,10 @@ impl Drain {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Counts a connection as open until the returned guard is dropped.
     fn enter(self: &Arc<Self>) -> Open {
         let mut state = self.lock();
@@ -142,20 +147,19 @@ impl Drain {
         Open {
             drain: self.clone(),
             slot,
+            registered: None,
         }
     }
 
     /// Tells every open connection to finish (the request in flight, then close) and waits
     /// until all have closed.
     async fn shutdown(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let wakers: Vec<_> = self
-            .lock()
-            .wakers
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
+        let wakers: Vec<_> = {
+            let mut state = self.lock();
+            self.draining
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            state.wakers.iter_mut().filter_map(Option::take).collect()
+        };
         for waker in wakers {
             waker.wake();
         }
@@ -174,33 +178,64 @@ impl Drain {
 struct Open {
     drain: Arc<Drain>,
     slot: usize,
+    /// The waker last registered for this connection's task.
+    registered: Option<std::task::Waker>,
 }
 
 impl Open {
-    /// Drives `conn` to its end; once its thread drains, `graceful` is called on it, once.
+    /// Whether the thread drains; otherwise `cx`'s waker is what draining will wake (registered
+    /// once per task, as a task's waker stays the same).
+    fn draining(&mut self, cx: &std::task::Context<'_>) -> bool {
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return self.drain.draining();
+        }
+        let mut state = self.drain.lock();
+        // Under the lock that shutdown sets the flag under: either this waker is taken and
+        // woken by it, or the flag is seen here.
+        state.wakers[self.slot] = Some(cx.waker().clone());
+        self.registered = Some(cx.waker().clone());
+        self.drain.draining()
+    }
+
+    /// `fut`'s output, or `None` as soon as the thread drains (`fut` is dropped then).
+    async fn unless_drained<F: std::future::Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if self.draining(cx) {
+                return std::task::Poll::Ready(None);
+            }
+            fut.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
+    /// Drives `conn` to its end; once the thread drains, `graceful` is called on it, once —
+    /// after its first poll, so that what the client sent before is read and answered (hyper
+    /// closes a connection told before it read anything without an answer).
     async fn serve<C: std::future::Future>(
-        &self,
+        &mut self,
         conn: C,
         graceful: impl Fn(std::pin::Pin<&mut C>),
     ) -> C::Output {
         let mut conn = std::pin::pin!(conn);
+        let mut polled = false;
         let mut told = false;
-        let mut registered: Option<std::task::Waker> = None;
         std::future::poll_fn(|cx| {
-            if !told {
-                if self
-                    .drain
-                    .draining
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    told = true;
-                    graceful(conn.as_mut());
-                } else if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    // Once per connection: a task's waker stays the same.
-                    self.drain.lock().wakers[self.slot] = Some(cx.waker().clone());
-                    registered = Some(cx.waker().clone());
+            if !told && self.draining(cx) {
+                if !polled {
+                    polled = true;
+                    if let std::task::Poll::Ready(out) = conn.as_mut().poll(cx) {
+                        return std::task::Poll::Ready(out);
+                    }
                 }
+                told = true;
+                graceful(conn.as_mut());
             }
+            polled = true;
             conn.as_mut().poll(cx)
         })
         .await
@@ -209,16 +244,14 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let mut state = self.drain.lock();
-        state.wakers[self.slot] = None;
-        state.free.push(self.slot);
-        state.open -= 1;
-        if state.open == 0
-            && self
-                .drain
-                .draining
-                .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        let last = {
+            let mut state = self.drain.lock();
+            state.wakers[self.slot] = None;
+            state.free.push(self.slot);
+            state.open -= 1;
+            state.open == 0
+        };
+        if last && self.drain.draining() {
             self.drain.idle.notify_waiters();
         }
     }
@@ -277,13 +310,15 @@ impl<S: App> Connections<S> {
         );
         let (http1, http2) = (self.http1.clone(), self.http2.clone());
         // Open from here: shutdown waits for a connection still telling its protocol too.
-        let open = self.drain.enter();
+        let mut open = self.drain.enter();
         tokio::spawn(async move {
             // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, with no timeout of
-            // its own: a client that sends nothing is dropped after the header read timeout.
-            let Ok(Some(protocol)) =
-                tokio::time::timeout(HEADER_READ_TIMEOUT, protocol(&stream)).await
-            else {
+            // its own: a client that sends nothing is dropped after the header read timeout, or
+            // at once when the thread drains.
+            let detected = open
+                .unless_drained(tokio::time::timeout(HEADER_READ_TIMEOUT, protocol(&stream)))
+                .await;
+            let Some(Ok(Some(protocol))) = detected else {
                 return;
             };
             let io = TokioIo::new(stream);
@@ -955,93 +990,122 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
-    /// Stands for a connection: pending until told to finish, then done at its next poll.
+    /// Stands for a connection: pending until told to finish; then it wakes itself and ends
+    /// at the poll after next (so that telling it twice would be seen).
     struct Conn {
-        polled: Arc<std::sync::atomic::AtomicUsize>,
-        told: Arc<std::sync::atomic::AtomicUsize>,
-        finishing: bool,
+        polls: usize,
+        /// How many polls it had when told, per telling.
+        told_at: Arc<std::sync::Mutex<Vec<usize>>>,
+        left: Option<usize>,
+    }
+
+    impl Conn {
+        fn new(told_at: &Arc<std::sync::Mutex<Vec<usize>>>) -> Conn {
+            Conn {
+                polls: 0,
+                told_at: told_at.clone(),
+                left: None,
+            }
+        }
+
+        fn tell(mut self: std::pin::Pin<&mut Self>) {
+            let polls = self.polls;
+            self.told_at.lock().unwrap().push(polls);
+            self.left = Some(2);
+        }
     }
 
     impl std::future::Future for Conn {
         type Output = ();
         fn poll(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<()> {
-            self.polled
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if self.finishing {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending // woken by nothing but the drain
+            self.polls += 1;
+            match self.left {
+                Some(0) => std::task::Poll::Ready(()),
+                Some(n) => {
+                    self.left = Some(n - 1);
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+                None => std::task::Poll::Pending, // woken by nothing but the drain
             }
         }
     }
 
-    /// Draining wakes every open connection, tells each once, and waits until all are closed,
-    /// including one still before its first poll; the slots are given back.
+    /// Draining wakes every open connection and tells each once — one never polled only after
+    /// its first poll, so that hyper reads what its client sent —, closes one still telling its
+    /// protocol, and waits until all are closed; the slots are given back.
     #[tokio::test]
     async fn draining_tells_each_connection_once_and_waits_for_all() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        async fn within<F: std::future::Future>(
+            f: F,
+        ) -> Result<F::Output, tokio::time::error::Elapsed> {
+            tokio::time::timeout(std::time::Duration::from_secs(5), f).await
+        }
         let drain = Arc::new(Drain::default());
-        tokio::time::timeout(std::time::Duration::from_secs(5), drain.shutdown())
+        within(drain.shutdown())
             .await
             .expect("nothing open: at once");
         let drain = Arc::new(Drain::default());
-        let (polled, told) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let told_at = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for _ in 0..3 {
-            let open = drain.enter();
-            let conn = Conn {
-                polled: polled.clone(),
-                told: told.clone(),
-                finishing: false,
-            };
-            tasks.push(tokio::spawn(async move {
-                open.serve(conn, |mut c| {
-                    c.told.fetch_add(1, Ordering::SeqCst);
-                    c.finishing = true;
-                })
-                .await
-            }));
+            let mut open = drain.enter();
+            let conn = Conn::new(&told_at);
+            tasks.push(tokio::spawn(
+                async move { open.serve(conn, Conn::tell).await },
+            ));
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while polled.load(Ordering::SeqCst) < 3 {
-            assert!(std::time::Instant::now() < deadline, "not polled");
+        // One in protocol detection: it never finishes by itself.
+        let mut detecting = drain.enter();
+        let detection =
+            tokio::spawn(
+                async move { detecting.unless_drained(std::future::pending::<()>()).await },
+            );
+        // Let them all register before shutdown.
+        for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        // Open, but its task not yet started.
-        let late = drain.enter();
+        // Open, but its task not polled before the shutdown starts.
+        let mut late = drain.enter();
         let finished = tokio::spawn({
             let drain = drain.clone();
             async move { drain.shutdown().await }
         });
-        // The three finish; shutdown still waits for the late one.
         for task in tasks {
-            task.await.unwrap();
+            within(task).await.expect("woken by the drain").unwrap();
         }
+        assert_eq!(
+            within(detection)
+                .await
+                .expect("woken by the drain")
+                .unwrap(),
+            None,
+            "detection stops at once"
+        );
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert!(!finished.is_finished(), "one connection is still open");
-        let conn = Conn {
-            polled: polled.clone(),
-            told: told.clone(),
-            finishing: false,
-        };
-        late.serve(conn, |mut c| {
-            c.told.fetch_add(1, Ordering::SeqCst);
-            c.finishing = true;
-        })
-        .await;
+        within(late.serve(Conn::new(&told_at), Conn::tell))
+            .await
+            .expect("ends");
         drop(late);
-        tokio::time::timeout(std::time::Duration::from_secs(5), finished)
+        within(finished)
             .await
             .expect("shutdown waits for every connection, and no longer")
             .unwrap();
-        assert_eq!(told.load(Ordering::SeqCst), 4, "each told once");
+        let mut told_at = told_at.lock().unwrap().clone();
+        told_at.sort();
+        assert_eq!(
+            told_at,
+            [1, 1, 1, 1],
+            "each told once, after one poll (the late one's was its first)"
+        );
         let state = drain.lock();
-        assert_eq!((state.open, state.free.len()), (0, 4));
+        assert_eq!((state.open, state.free.len()), (0, 5));
     }
 
     /// Request ids read `{prefix:08x}-{counter:x}`, the counter one more each time.

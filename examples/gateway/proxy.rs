@@ -72,7 +72,6 @@ impl WarnEvery {
 impl Proxy {
     /// Proxies to the agents registered in `store` (lookups go through its cache), waiting at
     /// most `timeout` for an agent's response headers and `lookup_timeout` for the store.
-    /// Call it within the Tokio runtime that will serve it: its timer ticks there.
     pub fn new(
         store: Arc<dyn Registry>,
         public_url: String,
@@ -285,6 +284,7 @@ impl Inner {
             Poll::Pending => std::pin::Pin::new(&mut timeout).poll(cx).map(|()| None),
         })
         .await;
+        drop(timeout); // its slot back now, not after a card is read
         let response = match answer {
             None => return error(StatusCode::GATEWAY_TIMEOUT, "agent did not answer in time"),
             Some(Err(e)) => {
