@@ -990,6 +990,39 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
+    /// HTTP/1 and HTTP/2 with prior knowledge are told apart by the first bytes, however
+    /// they arrive; a request that merely starts like the preface is HTTP/1.
+    #[tokio::test]
+    async fn protocols_are_told_apart_by_the_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (first, rest, expected) in [
+            (&b"GET / HTTP/1.1\r\n"[..], &b""[..], Protocol::Http1),
+            (PREFACE, b"", Protocol::Http2),
+            (&PREFACE[..10], &PREFACE[10..], Protocol::Http2),
+            (b"PRI", b" /x HTTP/1.1\r\n\r\n", Protocol::Http1),
+            (b"P", b"OST / HTTP/1.1\r\n", Protocol::Http1),
+        ] {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client.write_all(first).await.unwrap();
+            let told = tokio::spawn(async move { protocol(&server).await });
+            client.write_all(rest).await.unwrap();
+            let told = tokio::time::timeout(std::time::Duration::from_secs(5), told)
+                .await
+                .expect("told within the back-off")
+                .unwrap();
+            assert_eq!(told, Some(expected), "{first:?} {rest:?}");
+        }
+        // A client that closes having sent nothing.
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        drop(client);
+        assert_eq!(protocol(&server).await, None);
+    }
+
     /// Stands for a connection: pending until told to finish; then it wakes itself and ends
     /// at the poll after next (so that telling it twice would be seen).
     struct Conn {
