@@ -53,6 +53,7 @@ struct Inner {
 pub struct Arrived(pub std::time::Instant);
 
 /// At most one warning per interval.
+#[derive(Default)]
 struct WarnEvery {
     next: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -89,12 +90,8 @@ impl Proxy {
                     (timeout / 20).clamp(Duration::from_millis(10), Duration::from_secs(1)),
                 ),
                 lookup_timeout,
-                warn: WarnEvery {
-                    next: std::sync::Mutex::new(None),
-                },
-                url_warn: WarnEvery {
-                    next: std::sync::Mutex::new(None),
-                },
+                warn: WarnEvery::default(),
+                url_warn: WarnEvery::default(),
                 fallbacks: ["last_known", "unavailable"]
                     .map(|o| metrics::counter!("gateway_registry_fallbacks_total", "outcome" => o)),
             }),
