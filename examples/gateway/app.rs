@@ -670,14 +670,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let mut sent = request.headers().get_all(X_REQUEST_ID).iter();
-        let id = match (sent.next(), sent.next()) {
-            (Some(id), None) if is_plain_request_id(id) => id.clone(),
-            _ => {
+        // One lookup of the field (a custom name is hashed byte by byte), then an insert in place.
+        let id = match request.headers_mut().entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(sent)
+                if sent.iter().nth(1).is_none() && is_plain_request_id(sent.get()) =>
+            {
+                sent.get().clone()
+            }
+            // Several, or one that is not plain: all replaced by a fresh one.
+            http::header::Entry::Occupied(mut sent) => {
                 let id = next_request_id();
-                request.headers_mut().insert(X_REQUEST_ID, id.clone());
+                sent.insert(id.clone());
                 id
             }
+            http::header::Entry::Vacant(none) => none.insert(next_request_id()).clone(),
         };
         WithRequestId {
             inner: self.0.call(request),
@@ -715,9 +721,8 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            if !response.headers().contains_key(X_REQUEST_ID) {
-                response.headers_mut().insert(X_REQUEST_ID, id);
-            }
+            // Unless the response has one already.
+            response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
         }
         std::task::Poll::Ready(Ok(response))
     }
@@ -1247,6 +1252,72 @@ mod tests {
         assert_eq!(kept.headers()["x-request-id"], "client-id-7");
         let replaced = call("/healthz", Some("x workspace=ws-9")).await.unwrap();
         assert_ne!(replaced.headers()["x-request-id"], "x workspace=ws-9");
+    }
+
+    /// `RequestIds` on its own: the id the inner service sees is the one the client gets back,
+    /// a response that carries an id of its own keeps it, and a repeated or unplain id is
+    /// replaced by one fresh id, never passed on beside it.
+    #[tokio::test]
+    async fn request_ids_are_looked_up_once_and_kept_on_the_response_that_has_one() {
+        let inner = tower::service_fn(|request: Request<Body>| async move {
+            let seen: Vec<_> = request
+                .headers()
+                .get_all(X_REQUEST_ID)
+                .iter()
+                .cloned()
+                .collect();
+            let mut response = Response::new(Body::empty());
+            if request.uri().path() == "/own" {
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, http::HeaderValue::from_static("agent-1"));
+            }
+            response.extensions_mut().insert(seen);
+            Ok::<Response, Infallible>(response)
+        });
+        let call = |path: &str, ids: &[&str]| {
+            let mut request = Request::builder().uri(path);
+            for id in ids {
+                request = request.header("x-request-id", *id);
+            }
+            RequestIds(inner).oneshot(request.body(Body::empty()).unwrap())
+        };
+        let seen = |r: &Response| {
+            r.extensions()
+                .get::<Vec<http::HeaderValue>>()
+                .unwrap()
+                .clone()
+        };
+        for ids in [
+            &[][..],
+            &["a b"],
+            &["plain-1", "plain-2"],
+            &["plain-1", "x\ty"],
+        ] {
+            let r = call("/", ids).await.unwrap();
+            let sent = r
+                .headers()
+                .get_all(X_REQUEST_ID)
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>();
+            assert_eq!(sent.len(), 1, "{ids:?}");
+            assert_eq!(
+                seen(&r),
+                sent,
+                "{ids:?}: the inner service saw the id returned"
+            );
+            assert!(ids.iter().all(|id| sent[0] != *id), "{ids:?}: replaced");
+        }
+        let r = call("/", &["plain-1"]).await.unwrap();
+        assert_eq!(r.headers()["x-request-id"], "plain-1");
+        assert_eq!(seen(&r), ["plain-1"]);
+        let r = call("/own", &["plain-1"]).await.unwrap();
+        assert_eq!(
+            r.headers().get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+            ["agent-1"],
+            "the response's own id is kept, not doubled"
+        );
     }
 
     /// With debug logging on, each request has a span naming its id and workspace, and what
