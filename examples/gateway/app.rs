@@ -1308,6 +1308,10 @@ mod tests {
                 "{ids:?}: the inner service saw the id returned"
             );
             assert!(ids.iter().all(|id| sent[0] != *id), "{ids:?}: replaced");
+            assert!(
+                is_plain_request_id(&sent[0]),
+                "{ids:?}: a fresh id is plain"
+            );
         }
         let r = call("/", &["plain-1"]).await.unwrap();
         assert_eq!(r.headers()["x-request-id"], "plain-1");
@@ -1317,6 +1321,11 @@ mod tests {
             r.headers().get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
             ["agent-1"],
             "the response's own id is kept, not doubled"
+        );
+        assert_eq!(
+            seen(&r),
+            ["plain-1"],
+            "the inner service still got the client's"
         );
     }
 
