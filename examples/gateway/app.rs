@@ -1259,13 +1259,11 @@ mod tests {
     /// replaced by one fresh id, never passed on beside it.
     #[tokio::test]
     async fn request_ids_are_looked_up_once_and_kept_on_the_response_that_has_one() {
+        fn ids_in(headers: &http::HeaderMap) -> Vec<http::HeaderValue> {
+            headers.get_all(X_REQUEST_ID).iter().cloned().collect()
+        }
         let inner = tower::service_fn(|request: Request<Body>| async move {
-            let seen: Vec<_> = request
-                .headers()
-                .get_all(X_REQUEST_ID)
-                .iter()
-                .cloned()
-                .collect();
+            let seen = ids_in(request.headers());
             let mut response = Response::new(Body::empty());
             if request.uri().path() == "/own" {
                 response
@@ -1295,12 +1293,7 @@ mod tests {
             &["plain-1", "x\ty"],
         ] {
             let r = call("/", ids).await.unwrap();
-            let sent = r
-                .headers()
-                .get_all(X_REQUEST_ID)
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>();
+            let sent = ids_in(r.headers());
             assert_eq!(sent.len(), 1, "{ids:?}");
             assert_eq!(
                 seen(&r),
@@ -1318,7 +1311,7 @@ mod tests {
         assert_eq!(seen(&r), ["plain-1"]);
         let r = call("/own", &["plain-1"]).await.unwrap();
         assert_eq!(
-            r.headers().get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+            ids_in(r.headers()),
             ["agent-1"],
             "the response's own id is kept, not doubled"
         );
