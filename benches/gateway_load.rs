@@ -37,6 +37,9 @@ mod cpu;
 #[path = "../tests/common/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
+#[path = "../examples/gateway/http1.rs"]
+#[allow(unused_imports, dead_code)] // its tests are not run in a bench
+mod http1;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;

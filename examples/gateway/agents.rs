@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use wire::strip_hop_by_hop;
+pub use wire::{has_token, strip_hop_by_hop};
 use wire::{Chunked, Framing, Parsed, RequestBody, Step};
 
 /// How long an unused connection is kept.

@@ -92,12 +92,14 @@ type Slot = tokio::sync::OwnedSemaphorePermit;
 /// One thread's connections: each served on this thread's runtime with this thread's router
 /// (and so its own connections to agents), finished gracefully at shutdown.
 ///
-/// Each connection is served by hyper's HTTP/1 or HTTP/2 server directly, chosen by what the
-/// client's first bytes (peeked) say, rather than through `hyper_util`'s auto server, which
-/// reads them itself and then reads every request of the connection through a rewinding
-/// wrapper.
+/// Each connection is served by HTTP/1 (`crate::http1`, which hands what it does not serve to
+/// hyper's HTTP/1 server) or hyper's HTTP/2 server, chosen by what the client's first bytes
+/// (peeked) say, rather than through `hyper_util`'s auto server, which reads them itself and
+/// then reads every request of the connection through a rewinding wrapper.
 struct Connections<S> {
     router: S,
+    /// Times HTTP/1 header reads, here and in hyper's server.
+    timer: CoarseTimer,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     drain: Arc<Drain>,
@@ -175,7 +177,7 @@ impl Drain {
 }
 
 /// One open connection, counted by its thread's [`Drain`].
-struct Open {
+pub struct Open {
     drain: Arc<Drain>,
     slot: usize,
     /// The waker last registered for this connection's task.
@@ -185,7 +187,7 @@ struct Open {
 impl Open {
     /// Whether the thread drains; otherwise `cx`'s waker is what draining will wake (registered
     /// once per task, as a task's waker stays the same).
-    fn draining(&mut self, cx: &std::task::Context<'_>) -> bool {
+    pub fn draining(&mut self, cx: &std::task::Context<'_>) -> bool {
         if self
             .registered
             .as_ref()
@@ -198,6 +200,11 @@ impl Open {
         // woken by it, or the flag is seen here.
         state.wakers[self.slot] = Some(cx.waker().clone());
         self.registered = Some(cx.waker().clone());
+        self.drain.draining()
+    }
+
+    /// Whether the thread drains (without registering for it).
+    pub fn is_draining(&self) -> bool {
         self.drain.draining()
     }
 
@@ -216,7 +223,7 @@ impl Open {
     /// Drives `conn` to its end; once the thread drains, `graceful` is called on it, once —
     /// after its first poll, so that what the client sent before is read and answered (hyper
     /// closes a connection told before it read anything without an answer).
-    async fn serve<C: std::future::Future>(
+    pub async fn serve<C: std::future::Future>(
         &mut self,
         conn: C,
         graceful: impl Fn(std::pin::Pin<&mut C>),
@@ -281,9 +288,10 @@ impl<S> App for S where
 impl<S: App> Connections<S> {
     fn new(router: S) -> Connections<S> {
         use hyper_util::rt::{TokioExecutor, TokioTimer};
+        let timer = CoarseTimer::new(HEADER_READ_TIMER_RESOLUTION);
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(CoarseTimer::new(HEADER_READ_TIMER_RESOLUTION))
+            .timer(timer.clone())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
@@ -293,6 +301,7 @@ impl<S: App> Connections<S> {
             .keep_alive_timeout(std::time::Duration::from_secs(10));
         Connections {
             router,
+            timer,
             http1,
             http2,
             drain: Arc::default(),
@@ -303,12 +312,8 @@ impl<S: App> Connections<S> {
     fn serve(&self, stream: tokio::net::TcpStream, slot: Slot) {
         use hyper_util::rt::TokioIo;
         use tower::ServiceExt as _;
-        let service = hyper_util::service::TowerToHyperService::new(
-            self.router
-                .clone()
-                .map_request(|r: http::Request<hyper::body::Incoming>| r.map(Body::new)),
-        );
-        let (http1, http2) = (self.http1.clone(), self.http2.clone());
+        let router = self.router.clone();
+        let (timer, http1, http2) = (self.timer.clone(), self.http1.clone(), self.http2.clone());
         // Open from here: shutdown waits for a connection still telling its protocol too.
         let mut open = self.drain.enter();
         tokio::spawn(async move {
@@ -321,17 +326,19 @@ impl<S: App> Connections<S> {
             let Some(Ok(Some(protocol))) = detected else {
                 return;
             };
-            let io = TokioIo::new(stream);
-            let _ = match protocol {
+            match protocol {
                 Protocol::Http1 => {
-                    let conn = http1.serve_connection(io, service);
-                    open.serve(conn, |c| c.graceful_shutdown()).await
+                    crate::http1::serve(stream, router, &mut open, &timer, &http1).await;
                 }
                 Protocol::Http2 => {
-                    let conn = http2.serve_connection(io, service);
-                    open.serve(conn, |c| c.graceful_shutdown()).await
+                    let service =
+                        hyper_util::service::TowerToHyperService::new(router.map_request(
+                            |r: http::Request<hyper::body::Incoming>| r.map(Body::new),
+                        ));
+                    let conn = http2.serve_connection(TokioIo::new(stream), service);
+                    let _ = open.serve(conn, |c| c.graceful_shutdown()).await;
                 }
-            };
+            }
             drop(open);
             drop(slot);
         });

@@ -13,6 +13,7 @@ mod app;
 mod card;
 mod coarse_timer;
 mod config;
+mod http1;
 mod proxy;
 
 use std::sync::Arc;

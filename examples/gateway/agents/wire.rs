@@ -324,7 +324,7 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn has_token(list: &[u8], token: &[u8]) -> bool {
+pub fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|t| trim(t).eq_ignore_ascii_case(token))
 }

@@ -1,0 +1,453 @@
+//! The gateway's HTTP/1.1 server on the wire: the plain requests it answers itself (pipelined,
+//! split over writes, streamed back, closed on request, cancelled when the client leaves), and
+//! the ones it hands to hyper's server with the connection (chunked and large bodies,
+//! `Expect`, `HEAD`, HTTP/1.0, malformed heads) — after which the connection keeps working.
+//! Raw sockets, so that what is tested is the bytes a client sees.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{Agent, EVENTS};
+use common::gateway::Gateway;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-cased names, in order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Whether the body was chunked.
+    chunked: bool,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A client connection that reads answers with a deadline.
+struct Client {
+    stream: TcpStream,
+    read: Vec<u8>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+impl Client {
+    async fn connect(gw: &Gateway) -> Client {
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut buf))
+            .await
+            .expect("the gateway answers within 20 s")
+            .unwrap_or(0);
+        self.read.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// The next answer (`head` if it was the answer to a `HEAD` request: no body).
+    async fn answer_to(&mut self, head: bool) -> Answer {
+        let (status, headers, at) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut fields);
+            match response.parse(&self.read).unwrap() {
+                httparse::Status::Complete(at) => {
+                    let headers = response
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    break (response.code.unwrap(), headers, at);
+                }
+                httparse::Status::Partial => {
+                    assert!(self.fill().await, "connection closed before an answer");
+                }
+            }
+        };
+        self.read.drain(..at);
+        let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let chunked = find("transfer-encoding").is_some_and(|v| v == "chunked");
+        let mut body = Vec::new();
+        if head || status / 100 == 1 || status == 204 || status == 304 {
+        } else if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.read.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "connection closed in a chunk size");
+                };
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.read[..line_end]).unwrap(), 16)
+                        .unwrap();
+                while self.read.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await, "connection closed in a chunk");
+                }
+                body.extend_from_slice(&self.read[line_end + 2..line_end + 2 + size]);
+                assert_eq!(
+                    &self.read[line_end + 2 + size..line_end + 4 + size],
+                    b"\r\n"
+                );
+                self.read.drain(..line_end + 4 + size);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let length: usize = find("content-length")
+                .expect("a length or chunks")
+                .parse()
+                .unwrap();
+            while self.read.len() < length {
+                assert!(self.fill().await, "connection closed in a body");
+            }
+            body = self.read.drain(..length).collect();
+        }
+        Answer {
+            status,
+            headers,
+            body,
+            chunked,
+        }
+    }
+
+    async fn answer(&mut self) -> Answer {
+        self.answer_to(false).await
+    }
+
+    /// Whether the gateway closed the connection (nothing more is read before end of stream).
+    async fn closed(&mut self) -> bool {
+        while self.read.is_empty() {
+            if !self.fill().await {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn rpc_body(method: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": "1", "method": method, "params": {}}).to_string()
+}
+
+fn rpc(path: &str, method: &str) -> Vec<u8> {
+    let body = rpc_body(method);
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n";
+
+async fn gateway_with_agent() -> (Gateway, Agent) {
+    let gw = Gateway::start(&[]);
+    let agent = Agent::start().await;
+    gw.register("ws-1", &agent.url()).await;
+    (gw, agent)
+}
+
+/// A plain answer the gateway wrote: a date, a length, and its request id.
+fn assert_plain(answer: &Answer) {
+    assert!(answer.header("date").is_some(), "{answer:?}");
+    assert!(answer.header("x-request-id").is_some(), "{answer:?}");
+    assert_eq!(
+        answer.header("content-length").map(str::parse::<usize>),
+        Some(Ok(answer.body.len())),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (gw, _agent) = gateway_with_agent().await;
+    let mut client = Client::connect(&gw).await;
+    let mut three = rpc("/workspaces/ws-1/a2a", "SendMessage");
+    three.extend_from_slice(HEALTH);
+    three.extend_from_slice(&rpc("/workspaces/ws-1/a2a/echo?x=1", "Echo"));
+    client.send(&three).await;
+    let first = client.answer().await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        first.json()["result"]["message"]["parts"][0]["text"],
+        "pong"
+    );
+    assert_plain(&first);
+    let second = client.answer().await;
+    assert_eq!(second.json()["status"], "ok", "{second:?}");
+    assert_plain(&second);
+    let third = client.answer().await;
+    assert_eq!(third.json()["path"], "/agent/echo", "{third:?}");
+    assert_eq!(third.json()["query"], "x=1");
+    assert_eq!(third.json()["body_len"], rpc_body("Echo").len());
+    assert_plain(&third);
+    // Three request ids, all different.
+    let ids: std::collections::HashSet<_> = [&first, &second, &third]
+        .iter()
+        .map(|a| a.header("x-request-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    // And the connection is still open for a fourth.
+    client.send(HEALTH).await;
+    assert_eq!(client.answer().await.status, 200);
+}
+
+#[tokio::test]
+async fn requests_split_over_writes_and_large_bodies_arrive_whole() {
+    let (gw, _agent) = gateway_with_agent().await;
+    let mut client = Client::connect(&gw).await;
+    // A head in three writes, then its body in two.
+    let body = vec![b'x'; 40_000];
+    let head = format!(
+        "POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (a, rest) = head.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(20);
+    for part in [a, b, c, &body[..1], &body[1..]] {
+        client.send(part).await;
+    }
+    let answer = client.answer().await;
+    assert_eq!(answer.json()["body_len"], 40_000, "{answer:?}");
+    // Bodies over what the plain path takes (64 KiB with the head) go through hyper's server,
+    // on the same connection; later plain requests are answered too.
+    for len in [70_000usize, 1_000_000] {
+        let mut request = format!(
+            "POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: {len}\r\n\r\n"
+        )
+        .into_bytes();
+        request.resize(request.len() + len, b'y');
+        client.send(&request).await;
+        let answer = client.answer().await;
+        assert_eq!(answer.json()["body_len"], len, "{answer:?}");
+        client.send(HEALTH).await;
+        assert_eq!(client.answer().await.json()["status"], "ok");
+    }
+}
+
+#[tokio::test]
+async fn requests_for_hyper_keep_their_connection_working() {
+    let (gw, _agent) = gateway_with_agent().await;
+    // Each case on a connection of its own, followed by a plain request on it.
+    let cases: [(&str, &[u8], u16, bool); 6] = [
+        (
+            "chunked body",
+            b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            200,
+            false,
+        ),
+        (
+            "HEAD",
+            b"HEAD /healthz HTTP/1.1\r\nhost: gw\r\n\r\n",
+            200,
+            true,
+        ),
+        (
+            "HTTP/1.0 with keep-alive",
+            b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+            200,
+            false,
+        ),
+        (
+            "PATCH",
+            b"PATCH /workspaces/ws-1/budget HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}",
+            401,
+            false,
+        ),
+        (
+            "absolute-form target",
+            b"GET http://gw/healthz HTTP/1.1\r\nhost: gw\r\n\r\n",
+            200,
+            false,
+        ),
+        (
+            "TE: trailers",
+            b"GET /healthz HTTP/1.1\r\nhost: gw\r\nte: trailers\r\n\r\n",
+            200,
+            false,
+        ),
+    ];
+    for (case, request, status, head) in cases {
+        let mut client = Client::connect(&gw).await;
+        client.send(request).await;
+        let answer = client.answer_to(head).await;
+        assert_eq!(answer.status, status, "{case}: {answer:?}");
+        if case == "chunked body" {
+            assert_eq!(answer.json()["body_len"], 11, "{case}: {answer:?}");
+        }
+        client.send(HEALTH).await;
+        let next = client.answer().await;
+        assert_eq!(next.json()["status"], "ok", "{case}: then {next:?}");
+    }
+
+    // `Expect: 100-continue`: hyper's `100 Continue` first, then the answer.
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+        .await;
+    let go_on = client.answer().await;
+    assert_eq!(go_on.status, 100, "{go_on:?}");
+    client.send(b"abcd").await;
+    let answer = client.answer().await;
+    assert_eq!(answer.json()["body_len"], 4, "{answer:?}");
+}
+
+#[tokio::test]
+async fn malformed_and_smuggling_heads_are_refused_and_reach_no_agent() {
+    let (gw, _agent) = gateway_with_agent().await;
+    let cases: [&[u8]; 7] = [
+        // Targets `http` refuses (the plain path's own 400) and one httparse refuses (hyper's).
+        b"GET /a<b HTTP/1.1\r\nhost: gw\r\n\r\n",
+        b"GET /a?b\"c HTTP/1.1\r\nhost: gw\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: gw\r\nbad\x01name: 1\r\n\r\n",
+        b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde",
+        b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: +4\r\n\r\nabcd",
+        b"GET /healthz HTTP/1.1\r\nhost: gw\r\nx: a\r\n b\r\n\r\n",
+        b"GET /he\x7flthz HTTP/1.1\r\nhost: gw\r\n\r\n",
+    ];
+    for case in cases {
+        let mut client = Client::connect(&gw).await;
+        client.send(case).await;
+        let answer = client.answer().await;
+        assert_eq!(
+            answer.status,
+            400,
+            "{:?}: {answer:?}",
+            String::from_utf8_lossy(case)
+        );
+        assert!(client.closed().await, "{:?}", String::from_utf8_lossy(case));
+    }
+    // Both framings: hyper reads the chunked body (RFC 9112 §6.1) and closes the connection
+    // after its answer, so what follows the chunks is never taken as a request.
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await;
+    let answer = client.answer().await;
+    assert_eq!(answer.json()["body_len"], 0, "{answer:?}");
+    assert!(
+        client.closed().await,
+        "a request after the chunks was answered"
+    );
+    // A head over hyper's limit: 431, from hyper.
+    let mut client = Client::connect(&gw).await;
+    let mut big = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n".to_vec();
+    for i in 0..120 {
+        big.extend_from_slice(format!("x-field-{i}: {i}\r\n").as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    client.send(&big).await;
+    assert_eq!(client.answer().await.status, 431);
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_and_honoured() {
+    let (gw, _agent) = gateway_with_agent().await;
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .await;
+    let answer = client.answer().await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    assert!(client.closed().await);
+    // Bytes pipelined behind a `Connection: close` request are not answered.
+    let mut client = Client::connect(&gw).await;
+    let mut two = b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n".to_vec();
+    two.extend_from_slice(HEALTH);
+    client.send(&two).await;
+    assert_eq!(client.answer().await.status, 200);
+    assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn streamed_answers_are_chunked_and_the_connection_goes_on() {
+    let (gw, _agent) = gateway_with_agent().await;
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(&rpc("/workspaces/ws-1/a2a", "SendStreamingMessage"))
+        .await;
+    let answer = client.answer().await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.chunked, "{answer:?}");
+    assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+    let text = String::from_utf8(answer.body).unwrap();
+    assert_eq!(text.matches("data: ").count(), EVENTS, "{text}");
+    client.send(HEALTH).await;
+    assert_eq!(client.answer().await.json()["status"], "ok");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
+    // An agent that reads a request and never answers; it reports when its connection closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = got.send("closed");
+                    return;
+                }
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = got.send("request");
+                        seen.clear();
+                    }
+                }
+            }
+        }
+    });
+    let gw = Gateway::start(&[]);
+    gw.register("ws-1", &format!("http://{addr}/agent")).await;
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(&rpc("/workspaces/ws-1/a2a", "SendMessage"))
+        .await;
+    let first = tokio::time::timeout(DEADLINE, got_rx.recv()).await;
+    assert_eq!(first, Ok(Some("request")));
+    drop(client);
+    let then = tokio::time::timeout(DEADLINE, got_rx.recv()).await;
+    assert_eq!(
+        then,
+        Ok(Some("closed")),
+        "the gateway kept the agent's exchange after its client left"
+    );
+}
