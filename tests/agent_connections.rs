@@ -85,11 +85,7 @@ async fn counting_agent() -> CountingAgent {
 
 /// `gateway_agent_connections_opened_total` from `/metrics`.
 async fn opened(gw: &Gateway) -> u64 {
-    let r = gw.call(http::Method::GET, "/metrics", None, None).await;
-    let text = String::from_utf8_lossy(&r.bytes);
-    text.lines()
-        .find_map(|l| l.strip_prefix("gateway_agent_connections_opened_total "))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    gw.metric("gateway_agent_connections_opened_total").await as u64
 }
 
 /// Sequential calls reuse one connection to the agent (the client's keep-alive connection is

@@ -107,16 +107,6 @@ async fn until_outbox_empty(schema: &str) {
     }
 }
 
-/// A metric's value in a gateway's `/metrics` (0 when absent); `name` may carry labels.
-async fn metric(gw: &Gateway, name: &str) -> f64 {
-    let r = gw.call(Method::GET, "/metrics", None, None).await;
-    String::from_utf8_lossy(&r.bytes)
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_through_the_api_and_every_400_changes_nothing() {
     let schema = common::pg::fresh_schema().await;
@@ -248,16 +238,11 @@ async fn thirty_concurrent_heartbeats_on_two_gateways_give_one_event_per_crossin
     assert_eq!(got, want, "exactly one event per crossing: {events:?}");
     let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "unique ids");
-    let delivered = metric(
-        &a,
-        "tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}",
-    )
-    .await
-        + metric(
-            &b,
-            "tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}",
-        )
-        .await;
+    let delivered = a
+        .metric("tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}")
+        .await
+        + b.metric("tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}")
+            .await;
     assert_eq!(delivered, 6.0, "each event delivered by one of the two");
 
     // One heartbeat that crosses two thresholds gives two events.
@@ -304,7 +289,7 @@ async fn delivery_survives_a_receiver_outage_and_a_gateway_restart() {
     let refused: Vec<Value> = receiver.received().iter().map(verified).collect();
     assert_eq!(refused[0], refused[1], "the same body, id included");
     assert_eq!(refused[0]["threshold"], 80);
-    assert!(metric(&a, "tower_budget_alert_delivery_failures_total").await >= 2.0);
+    assert!(a.metric("tower_budget_alert_delivery_failures_total").await >= 2.0);
     assert_eq!(a.terminate().code(), Some(0));
     assert_eq!(outbox_len(&schema).await, 1, "still waiting, stored");
 
@@ -321,11 +306,8 @@ async fn delivery_survives_a_receiver_outage_and_a_gateway_restart() {
     assert_eq!(verified(&delivered[0]), refused[0]);
     until_outbox_empty(&schema).await;
     assert_eq!(
-        metric(
-            &b,
-            "tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}"
-        )
-        .await,
+        b.metric("tower_budget_alert_events_total{type=\"budget.threshold_crossed\"}")
+            .await,
         1.0
     );
 }

@@ -172,6 +172,68 @@ fn rpc(path: &str, method: &str) -> Vec<u8> {
 
 const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n";
 
+/// Connections handed to hyper's server for `reason` (all reasons: `None`).
+async fn handovers(gw: &Gateway, reason: Option<&str>) -> f64 {
+    const REASONS: [&str; 8] = [
+        "method",
+        "version",
+        "target",
+        "framing",
+        "expect_upgrade_te",
+        "malformed",
+        "head_size",
+        "body_size",
+    ];
+    let mut total = 0.0;
+    for r in REASONS.iter().chain(&["body_pending"]) {
+        if reason.is_none_or(|reason| reason == *r) {
+            total += gw
+                .metric(&format!("gateway_http1_handovers_total{{reason=\"{r}\"}}"))
+                .await;
+        }
+    }
+    total
+}
+
+/// Waits (≤ 20 s) until the gateway has read all that `client` sent: the client's send queue
+/// and the gateway's receive queue of the connection are empty (`/proc/net/tcp`).
+async fn until_read(client: &Client) {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(a) => {
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(a.ip().octets()),
+                a.port()
+            )
+        }
+        std::net::SocketAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let (ours, theirs) = (
+        hex(client.stream.local_addr().unwrap()),
+        hex(client.stream.peer_addr().unwrap()),
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queues = |local: &str, remote: &str| {
+            table.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 4 && f[1] == local && f[2] == remote).then(|| f[4].to_owned())
+            })
+        };
+        let sent = queues(&ours, &theirs).is_some_and(|q| q.starts_with("00000000:"));
+        let read = queues(&theirs, &ours).is_some_and(|q| q.ends_with(":00000000"));
+        if sent && read {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not read what was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn gateway_with_agent() -> (Gateway, Agent) {
     let gw = Gateway::start(&[]);
     let agent = Agent::start().await;
@@ -219,9 +281,10 @@ async fn pipelined_requests_are_answered_in_order() {
         .map(|a| a.header("x-request-id").unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 3);
-    // And the connection is still open for a fourth.
+    // And the connection is still open for a fourth, all answered without hyper's server.
     client.send(HEALTH).await;
     assert_eq!(client.answer().await.status, 200);
+    assert_eq!(handovers(&gw, None).await, 0.0);
 }
 
 #[tokio::test]
@@ -234,15 +297,31 @@ async fn requests_split_over_writes_and_large_bodies_arrive_whole() {
         "POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
+    // A head in three writes, each read before the next is sent, then its body: taken here.
     let (a, rest) = head.as_bytes().split_at(10);
     let (b, c) = rest.split_at(20);
-    for part in [a, b, c, &body[..1], &body[1..]] {
+    for part in [a, b] {
         client.send(part).await;
+        until_read(&client).await;
     }
+    let mut last = c.to_vec();
+    last.extend_from_slice(&body);
+    client.send(&last).await;
     let answer = client.answer().await;
     assert_eq!(answer.json()["body_len"], 40_000, "{answer:?}");
-    // Bodies over what the plain path takes (64 KiB with the head) go through hyper's server,
-    // on the same connection; later plain requests are answered too.
+    assert_eq!(handovers(&gw, None).await, 0.0);
+    // A head whose body comes later: hyper's server takes the connection and streams the body
+    // to the service as it arrives.
+    client.send(head.as_bytes()).await;
+    client.send(&body[..1]).await;
+    until_read(&client).await;
+    client.send(&body[1..]).await;
+    let answer = client.answer().await;
+    assert_eq!(answer.json()["body_len"], 40_000, "{answer:?}");
+    assert_eq!(handovers(&gw, Some("body_pending")).await, 1.0);
+    // Bodies over what the plain path takes (64 KiB with the head) go through hyper's server
+    // too; later plain requests on the connection are answered.
+    let mut client = Client::connect(&gw).await;
     for len in [70_000usize, 1_000_000] {
         let mut request = format!(
             "POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: {len}\r\n\r\n"
@@ -255,51 +334,59 @@ async fn requests_split_over_writes_and_large_bodies_arrive_whole() {
         client.send(HEALTH).await;
         assert_eq!(client.answer().await.json()["status"], "ok");
     }
+    assert_eq!(handovers(&gw, Some("body_size")).await, 1.0);
 }
 
 #[tokio::test]
 async fn requests_for_hyper_keep_their_connection_working() {
     let (gw, _agent) = gateway_with_agent().await;
     // Each case on a connection of its own, followed by a plain request on it.
-    let cases: [(&str, &[u8], u16, bool); 6] = [
+    let cases: [(&str, &[u8], u16, bool, &str); 6] = [
         (
             "chunked body",
             b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
             200,
             false,
+            "framing",
         ),
         (
             "HEAD",
             b"HEAD /healthz HTTP/1.1\r\nhost: gw\r\n\r\n",
             200,
             true,
+            "method",
         ),
         (
             "HTTP/1.0 with keep-alive",
             b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
             200,
             false,
+            "version",
         ),
         (
             "PATCH",
             b"PATCH /workspaces/ws-1/budget HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}",
             401,
             false,
+            "method",
         ),
         (
             "absolute-form target",
             b"GET http://gw/healthz HTTP/1.1\r\nhost: gw\r\n\r\n",
             200,
             false,
+            "target",
         ),
         (
             "TE: trailers",
             b"GET /healthz HTTP/1.1\r\nhost: gw\r\nte: trailers\r\n\r\n",
             200,
             false,
+            "expect_upgrade_te",
         ),
     ];
-    for (case, request, status, head) in cases {
+    for (case, request, status, head, reason) in cases {
+        let before = handovers(&gw, Some(reason)).await;
         let mut client = Client::connect(&gw).await;
         client.send(request).await;
         let answer = client.answer_to(head).await;
@@ -310,6 +397,7 @@ async fn requests_for_hyper_keep_their_connection_working() {
         client.send(HEALTH).await;
         let next = client.answer().await;
         assert_eq!(next.json()["status"], "ok", "{case}: then {next:?}");
+        assert_eq!(handovers(&gw, Some(reason)).await, before + 1.0, "{case}");
     }
 
     // `Expect: 100-continue`: hyper's `100 Continue` first, then the answer.
@@ -325,7 +413,7 @@ async fn requests_for_hyper_keep_their_connection_working() {
 }
 
 #[tokio::test]
-async fn malformed_and_smuggling_heads_are_refused_and_reach_no_agent() {
+async fn malformed_and_smuggling_heads_are_refused() {
     let (gw, _agent) = gateway_with_agent().await;
     let cases: [&[u8]; 7] = [
         // Targets `http` refuses (the plain path's own 400) and one httparse refuses (hyper's).
@@ -361,7 +449,7 @@ async fn malformed_and_smuggling_heads_are_refused_and_reach_no_agent() {
         client.closed().await,
         "a request after the chunks was answered"
     );
-    // A head over hyper's limit: 431, from hyper.
+    // More fields than hyper takes: 431, from hyper.
     let mut client = Client::connect(&gw).await;
     let mut big = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n".to_vec();
     for i in 0..120 {
@@ -370,6 +458,16 @@ async fn malformed_and_smuggling_heads_are_refused_and_reach_no_agent() {
     big.extend_from_slice(b"\r\n");
     client.send(&big).await;
     assert_eq!(client.answer().await.status, 431);
+    // A head that does not end within 32 KiB: 431, and the connection closes. (Exactly
+    // 32 KiB: bytes sent past the limit would be left unread, and the kernel would answer
+    // them with a reset that can overtake the 431.)
+    let mut client = Client::connect(&gw).await;
+    let mut endless = b"GET /healthz HTTP/1.1\r\nhost: gw\r\nx: ".to_vec();
+    endless.resize(32 * 1024, b'a');
+    client.send(&endless).await;
+    let answer = client.answer().await;
+    assert_eq!(answer.status, 431, "{answer:?}");
+    assert!(client.closed().await);
 }
 
 #[tokio::test]
@@ -449,5 +547,132 @@ async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
         then,
         Ok(Some("closed")),
         "the gateway kept the agent's exchange after its client left"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_partly_read_and_closes_idle_connections() {
+    let (gw, _agent) = gateway_with_agent().await;
+    // A head partly read (this module's), a body partly read (hyper's, since it was not all
+    // there with its head), and an idle connection on each serving thread.
+    let mut head_part = Client::connect(&gw).await;
+    head_part
+        .send(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n")
+        .await;
+    let mut body_part = Client::connect(&gw).await;
+    body_part
+        .send(b"POST /workspaces/ws-1/a2a/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 10\r\n\r\n12345")
+        .await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::connect(&gw).await;
+        client.send(HEALTH).await;
+        assert_eq!(client.answer().await.status, 200);
+        idle.push(client);
+    }
+    until_read(&head_part).await;
+    until_read(&body_part).await;
+    let pid = gw.child.id().to_string();
+    let signalled = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Idle connections close at once (the header read timeout would take 10 s): both threads
+    // drain.
+    for client in &mut idle {
+        assert!(client.closed().await);
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "idle connections closed only after {:?}",
+        signalled.elapsed()
+    );
+    head_part.send(b"\r\n").await;
+    let answer = head_part.answer().await;
+    assert_eq!(answer.json()["status"], "ok", "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    assert!(head_part.closed().await);
+    body_part.send(b"67890").await;
+    let answer = body_part.answer().await;
+    assert_eq!(answer.json()["body_len"], 10, "{answer:?}");
+    assert!(body_part.closed().await);
+    let mut gw = gw;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn an_answer_the_agent_cuts_short_is_cut_short_and_a_204_has_no_body() {
+    // An agent that answers `/agent/empty` with a 204 and `/agent/short` with 10 of the 100
+    // bytes it announces, then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    if head.starts_with("GET /agent/short ") {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                            .await;
+                        return;
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&[]);
+    gw.register("ws-1", &format!("http://{addr}/agent")).await;
+
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"GET /workspaces/ws-1/a2a/empty HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await;
+    let answer = client.answer().await;
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(answer.header("content-length"), None, "{answer:?}");
+    assert_eq!(answer.header("transfer-encoding"), None, "{answer:?}");
+    client.send(HEALTH).await;
+    assert_eq!(client.answer().await.json()["status"], "ok");
+
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"GET /workspaces/ws-1/a2a/short HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await;
+    while client.fill().await {}
+    let text = String::from_utf8(client.read).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(head.contains("\r\ncontent-length: 100"), "{text}");
+    assert_eq!(
+        body, "0123456789",
+        "the cut answer was not cut where the agent cut it"
     );
 }

@@ -1,36 +1,42 @@
 //! The gateway's HTTP/1.1 server for plain requests; hyper's serves everything else.
 //!
 //! Almost every request a gateway serves has one shape: an HTTP/1.1 `GET` or `POST` whose head
-//! and `Content-Length` body arrive in a read or two, answered with a body of known length or a
-//! stream. This module reads and answers those itself, with a fraction of the work hyper's
-//! general server does per request (BENCHMARKS.md, "The gateway against nginx", the instruction
-//! table). Anything else hands the connection, with every byte read so far, to hyper's HTTP/1
-//! server for the rest of its life:
+//! and `Content-Length` body arrive together, answered with a body of known length or a stream.
+//! This module reads and answers those itself, with a fraction of the work hyper's general
+//! server does per request (BENCHMARKS.md, "The gateway against nginx", the instruction table).
+//! Anything else hands the connection, with every byte read so far, to hyper's HTTP/1 server
+//! for the rest of its life (counted by `gateway_http1_handovers_total{reason}`):
 //!
-//! - another method (`HEAD`, `PUT`, `PATCH`, `DELETE`, `OPTIONS`, `CONNECT`, …) or version;
-//! - `Transfer-Encoding`, more than one `Content-Length` or one that is not a decimal number,
-//!   `Expect`, `Upgrade` (or `Connection: upgrade`), `TE`;
-//! - a request target that is not a path;
-//! - a head that does not parse, of over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields;
-//! - a request that with its body is over [`MAX_BUFFERED`] bytes, or whose body has not
-//!   arrived when the header read timeout runs out.
+//! - another method (`HEAD`, `PUT`, `PATCH`, `DELETE`, `OPTIONS`, `CONNECT`, …: `method`) or
+//!   version (`version`), a request target that is not a path (`target`);
+//! - `Transfer-Encoding`, more than one `Content-Length` or one that is not a decimal number
+//!   (`framing`); `Expect`, `Upgrade` (or `Connection: upgrade`), `TE` (`expect_upgrade_te`);
+//! - a head that does not parse or has over [`MAX_HEADERS`] fields (`malformed`), or is over
+//!   [`MAX_HEAD`] bytes (`head_size`);
+//! - a body that with its head is over [`MAX_BUFFERED`] bytes (`body_size`), or is not all
+//!   there once what the client has sent is read (`body_pending`): hyper streams it to the
+//!   service as it comes, so
+//!   request bodies are never waited for.
 //!
-//! So hyper answers every malformed request (400, 431, …) as before, and the hostile cases
-//! (request smuggling, chunked bodies, `100 Continue`, upgrades) stay with it. What this module
-//! keeps of hyper's server:
+//! So hyper answers malformed requests (400, …) as before, and the hostile cases (request
+//! smuggling, chunked bodies, `100 Continue`, upgrades) stay with it. A head still incomplete
+//! at [`MAX_HEAD`] bytes is answered 431 here. What this module keeps of hyper's server:
 //!
-//! - the header read timeout: from the end of the last answer (or the first bytes) until the
-//!   next head, and here its body, are in (an idle keep-alive connection is closed after it);
-//!   a connection handed over on its expiry gets hyper's own header read timeout again;
+//! - the header read timeout: from the end of the last answer (or the connection's first
+//!   bytes) until the next head is in; an idle keep-alive connection, or one whose head does
+//!   not complete, is closed after it (a head is complete before its connection is handed
+//!   over, so hyper's own timeout starts only for the requests after);
 //! - a client that closes its end while its request is in flight cancels the request (the
 //!   agent's exchange is dropped), as long as no next request is buffered;
 //! - pipelined requests are answered in order;
 //! - `Connection: close` from the client or the service, and draining at shutdown, close the
-//!   connection after the answer, which says `connection: close`;
+//!   connection after the answer, which says `connection: close`; draining closes an idle
+//!   connection at once, and answers a request whose head is partly in first;
 //! - responses: a `date` field unless the service set one; `content-length` from the body's
-//!   exact size, else `transfer-encoding: chunked`; no body for 1xx, 204 and 304; trailers
-//!   are dropped (a client that asks for them with `TE` is hyper's); a body that fails, or
-//!   ends before or runs past its length, closes the connection with the answer cut short.
+//!   exact size (else from the service's `Content-Length`), else `transfer-encoding: chunked`;
+//!   no body for 204 and 304; a 1xx from the service becomes a 500; trailers are dropped (a
+//!   client that asks for them with `TE` is hyper's); a body that fails, or ends before or runs
+//!   past its length, closes the connection with the answer cut short.
 
 use std::future::{poll_fn, Future as _};
 use std::io::Write as _;
@@ -49,8 +55,9 @@ use crate::agents::has_token;
 use crate::app::{App, Open, HEADER_READ_TIMEOUT};
 use crate::coarse_timer::{CoarseSleep, CoarseTimer};
 
-/// The largest request head taken here (hyper takes larger ones).
-pub const MAX_HEAD: usize = 16 * 1024;
+/// The largest request head taken here: a complete one over it goes to hyper, and a head not
+/// complete at this size is answered 431 (nginx's limit too, 4 × 8 KiB).
+pub const MAX_HEAD: usize = 32 * 1024;
 /// The most header fields in a request head taken here (hyper's default limit).
 pub const MAX_HEADERS: usize = 100;
 /// The largest request, head and body, taken here.
@@ -61,6 +68,8 @@ const READ_CHUNK: usize = 8 * 1024;
 const COALESCE: usize = 16 * 1024;
 /// A write buffer grown past this by a large head is let go after its answer.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
+/// A read buffer grown past this by a large request is let go once empty.
+const KEEP_READ_CAPACITY: usize = 2 * READ_CHUNK;
 
 /// Serves an HTTP/1 connection whose client has sent its first bytes: requests this module
 /// takes are answered here, and at the first one it does not, the connection goes to `hyper`.
@@ -77,30 +86,64 @@ pub async fn serve<S: App>(
         write: Vec::new(),
     };
     let mut service = service;
-    // Armed when a read finds nothing, disarmed when a request is in.
+    // The header read timeout: armed when a read finds nothing, disarmed when a head is in.
     let mut deadline: Option<CoarseSleep> = None;
+    // How much of a partial head has been parsed: it is parsed again only once the bytes
+    // after that could end it.
+    let mut parsed_up_to = 0;
+    // The length of a request whose head is in and whose body is not yet all: its head is
+    // parsed again once that much is.
+    let mut need = 0;
     loop {
-        let (request, mut close) = match parse(&mut conn.read) {
+        let parsed = if conn.read.len() < need {
+            Parsed::NeedBody(need)
+        } else if may_end_head(&conn.read, parsed_up_to) {
+            parse(&mut conn.read)
+        } else {
+            Parsed::NeedHead
+        };
+        let (request, mut close) = match parsed {
             Parsed::Request { request, close } => (request, close),
             Parsed::Invalid => {
-                conn.answer_bad_request().await;
+                conn.answer_error(StatusCode::BAD_REQUEST).await;
                 return;
             }
-            Parsed::Hyper => return conn.hand_over(service, open, hyper).await,
-            parsed @ (Parsed::NeedHead | Parsed::NeedBody) => {
-                match conn.read_more(open, timer, &mut deadline).await {
-                    Read::More => continue,
-                    Read::Closed => return,
-                    // The head is in and the body is slow: hyper reads the rest of it (as it
-                    // would have), with the request already on its way to the service.
-                    Read::TimedOut if matches!(parsed, Parsed::NeedBody) => {
-                        return conn.hand_over(service, open, hyper).await
-                    }
-                    Read::TimedOut => return,
+            Parsed::Hyper(reason) => {
+                // Its slot back now: a handed-over connection may live long.
+                drop(deadline.take());
+                metrics::counter!("gateway_http1_handovers_total", "reason" => reason).increment(1);
+                return conn.hand_over(service, open, hyper).await;
+            }
+            Parsed::NeedHead if conn.read.len() >= MAX_HEAD => {
+                // hyper would take up to ~400 KiB, each read of it within a header read
+                // timeout of its own; nginx answers at 32 KiB too.
+                conn.answer_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .await;
+                return;
+            }
+            Parsed::NeedBody(total) => {
+                // What the client sent with the head is read on; if the body is not all there,
+                // hyper streams it to the service as it arrives (bodies are never waited for).
+                if conn.read_ready().await {
+                    need = total;
+                    continue;
                 }
+                drop(deadline.take());
+                metrics::counter!("gateway_http1_handovers_total", "reason" => "body_pending")
+                    .increment(1);
+                return conn.hand_over(service, open, hyper).await;
+            }
+            Parsed::NeedHead => {
+                parsed_up_to = conn.read.len();
+                if conn.read_more(open, timer, &mut deadline).await {
+                    continue;
+                }
+                return;
             }
         };
         deadline = None;
+        parsed_up_to = 0;
+        need = 0;
         let Ok(()) = poll_fn(|cx| tower::Service::poll_ready(&mut service, cx)).await;
         let response = {
             let call = pin!(tower::Service::call(&mut service, request));
@@ -117,7 +160,22 @@ pub async fn serve<S: App>(
         if conn.write.capacity() > KEEP_WRITE_CAPACITY {
             conn.write = Vec::new();
         }
+        if conn.read.is_empty() && conn.read.capacity() > KEEP_READ_CAPACITY {
+            conn.read = BytesMut::new();
+        }
     }
+}
+
+/// Whether `buf`, parsed up to `parsed_up_to` without finding the end of a head, may now hold
+/// one: the blank line that ends it (`\n\n` or `\n\r\n`, as httparse reads lines) is in the
+/// bytes since, or overlaps them.
+fn may_end_head(buf: &[u8], parsed_up_to: usize) -> bool {
+    if parsed_up_to == 0 {
+        return !buf.is_empty();
+    }
+    buf[parsed_up_to.saturating_sub(2)..]
+        .windows(2)
+        .any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// A client connection on this module's side.
@@ -129,42 +187,48 @@ struct Conn {
     write: Vec<u8>,
 }
 
-/// How a wait for more of a request ended.
-enum Read {
-    More,
-    /// End of stream, a read error, or the thread drains.
-    Closed,
-    /// The header read timeout ran out.
-    TimedOut,
-}
-
 impl Conn {
-    /// Reads what the client sent next, within the header read timeout; `Closed` as soon as
-    /// the thread drains while nothing is there to read.
+    /// Reads what the client sent next, within the header read timeout; false at end of
+    /// stream, on an error, when the timeout runs out, or when the thread drains while nothing
+    /// of a next request is there (a part of one is read on: it is answered, then the
+    /// connection closes).
     async fn read_more(
         &mut self,
         open: &mut Open,
         timer: &CoarseTimer,
         deadline: &mut Option<CoarseSleep>,
-    ) -> Read {
+    ) -> bool {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
             self.read.reserve(READ_CHUNK);
         }
         let Conn { stream, read, .. } = self;
         poll_fn(|cx| {
             match pin!(stream.read_buf(&mut *read)).poll(cx) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Read::Closed),
-                Poll::Ready(Ok(_)) => return Poll::Ready(Read::More),
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(_)) => return Poll::Ready(true),
                 Poll::Pending => {}
             }
-            if open.draining(cx) {
-                return Poll::Ready(Read::Closed);
+            if read.is_empty() && open.draining(cx) {
+                return Poll::Ready(false);
             }
             let sleep = deadline.get_or_insert_with(|| timer.sleep_for(HEADER_READ_TIMEOUT));
-            match Pin::new(sleep).poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Read::TimedOut),
-                Poll::Pending => Poll::Pending,
-            }
+            Pin::new(sleep).poll(cx).map(|()| false)
+        })
+        .await
+    }
+
+    /// Reads what the client has sent if it is there now, without waiting; false if nothing
+    /// was (or at end of stream, or on an error).
+    async fn read_ready(&mut self) -> bool {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
+            self.read.reserve(READ_CHUNK);
+        }
+        let Conn { stream, read, .. } = self;
+        poll_fn(|cx| {
+            Poll::Ready(matches!(
+                pin!(stream.read_buf(&mut *read)).poll(cx),
+                Poll::Ready(Ok(n)) if n > 0
+            ))
         })
         .await
     }
@@ -206,20 +270,32 @@ impl Conn {
     /// Writes `response`; false if the connection cannot go on (the body failed or broke its
     /// length, or the client is gone).
     async fn answer(&mut self, response: Response<Body>, close: bool) -> bool {
-        let (parts, mut body) = response.into_parts();
-        let framing = if parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED
-        {
-            Framing::None
-        } else if body.is_end_stream() {
-            Framing::Length(0)
-        } else {
-            match body.size_hint().exact() {
-                Some(n) => Framing::Length(n),
-                None => Framing::Chunked,
-            }
-        };
+        let (mut parts, mut body) = response.into_parts();
+        if parts.status.is_informational() {
+            // As hyper does: a 1xx is not a final answer, and a client would take the next
+            // one for this request's.
+            tracing::warn!(status = %parts.status, "a 1xx response from the service: 500 instead");
+            self.answer_error(StatusCode::INTERNAL_SERVER_ERROR).await;
+            return false;
+        }
+        let framing =
+            if parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED {
+                Framing::None
+            } else if body.is_end_stream() {
+                Framing::Length(0)
+            } else {
+                match body
+                    .size_hint()
+                    .exact()
+                    .or_else(|| length_field(&parts.headers))
+                {
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Chunked,
+                }
+            };
+        if framing == Framing::None {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         self.write.clear();
         write_head(
             &mut self.write,
@@ -310,27 +386,25 @@ impl Conn {
         self.stream.write_all(data).await.is_ok()
     }
 
-    /// Ends the connection after its last answer: the client reads a FIN after the answer
-    /// rather than a reset (which could overtake it).
+    /// Ends the connection after its last answer with a FIN after it. (Bytes the client sent
+    /// that are left unread still make the kernel answer them with a reset, as with hyper.)
     async fn close(&mut self) {
         let _ = self.stream.shutdown().await;
     }
 
-    /// A request whose head parsed but cannot be represented (a target or field `http` does
-    /// not accept): 400, and the connection closes, as hyper answers it.
-    async fn answer_bad_request(&mut self) {
+    /// An answer with `status` and no body, after which the connection closes: to a request
+    /// this module cannot take (400 for a target or field `http` does not accept, as hyper
+    /// answers it; 431 for a head that does not end), or in place of a 1xx. False if the
+    /// client is gone.
+    async fn answer_error(&mut self, status: StatusCode) -> bool {
         self.write.clear();
         let headers = HeaderMap::new();
-        write_head(
-            &mut self.write,
-            StatusCode::BAD_REQUEST,
-            &headers,
-            Framing::Length(0),
-            true,
-        );
-        if self.flush().await {
+        write_head(&mut self.write, status, &headers, Framing::Length(0), true);
+        let written = self.flush().await;
+        if written {
             self.close().await;
         }
+        written
     }
 
     /// Gives the connection, with what was read of it, to hyper's HTTP/1 server.
@@ -370,10 +444,11 @@ enum Parsed {
     Request { request: Request<Body>, close: bool },
     /// The head is not all there yet.
     NeedHead,
-    /// The head is in, its body not yet all.
-    NeedBody,
-    /// A request for hyper's server (see the module's documentation).
-    Hyper,
+    /// The head is in, and this many bytes with its body are not yet all.
+    NeedBody(usize),
+    /// A request for hyper's server (see the module's documentation), and why (the
+    /// `reason` of `gateway_http1_handovers_total`).
+    Hyper(&'static str),
     /// A request taken from the buffer that `http` cannot represent.
     Invalid,
 }
@@ -389,19 +464,20 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         .parse_request_with_uninit_headers(&mut head, buf, &mut raw)
     {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::NeedHead,
-        _ => return Parsed::Hyper,
+        Ok(httparse::Status::Complete(_)) => return Parsed::Hyper("head_size"),
+        Ok(httparse::Status::Partial) => return Parsed::NeedHead,
+        Err(_) => return Parsed::Hyper("malformed"),
     };
     if head.version != Some(1) {
-        return Parsed::Hyper;
+        return Parsed::Hyper("version");
     }
     let method = match head.method {
         Some("GET") => Method::GET,
         Some("POST") => Method::POST,
-        _ => return Parsed::Hyper,
+        _ => return Parsed::Hyper("method"),
     };
     let Some(path) = head.path.filter(|p| p.starts_with('/')) else {
-        return Parsed::Hyper;
+        return Parsed::Hyper("target");
     };
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
@@ -416,25 +492,26 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let value = field.value;
         if name.eq_ignore_ascii_case(b"content-length") {
             if length.is_some() {
-                return Parsed::Hyper;
+                return Parsed::Hyper("framing");
             }
             match decimal(value) {
                 Some(n) => length = Some(n),
-                None => return Parsed::Hyper,
+                None => return Parsed::Hyper("framing"),
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Parsed::Hyper("framing");
+        } else if name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"te")
         {
-            return Parsed::Hyper;
+            return Parsed::Hyper("expect_upgrade_te");
         } else if name.eq_ignore_ascii_case(b"connection") {
             if has_token(value, b"upgrade") {
-                return Parsed::Hyper;
+                return Parsed::Hyper("expect_upgrade_te");
             }
             close |= has_token(value, b"close");
         }
-        // Each fits: the head is at most MAX_HEAD (16 KiB) bytes.
+        // Each fits: the head is at most MAX_HEAD (32 KiB) bytes.
         fields[i] = [
             offset(name) as u16,
             name.len() as u16,
@@ -448,10 +525,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         .and_then(|l| l.checked_add(head_len))
         .filter(|&t| t <= MAX_BUFFERED)
     else {
-        return Parsed::Hyper;
+        return Parsed::Hyper("body_size");
     };
     if buf.len() < total {
-        return Parsed::NeedBody;
+        return Parsed::NeedBody(total);
     }
     // The request is taken from here on: what `http` does not accept of it (httparse and it
     // agree on field names and values; a target may differ) is answered 400.
@@ -494,6 +571,15 @@ fn decimal(value: &[u8]) -> Option<u64> {
     )
 }
 
+/// A response's `Content-Length`, if it has one that is a plain decimal number.
+fn length_field(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => decimal(value.as_bytes()),
+        _ => None,
+    }
+}
+
 /// Whether a service's response asks to close the connection.
 fn says_close(headers: &HeaderMap) -> bool {
     headers
@@ -517,13 +603,12 @@ fn write_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut closes = false;
     for (name, value) in headers {
-        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING) {
+        // This module frames the body; a closing connection says `close` alone.
+        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING)
+            || (close && *name == header::CONNECTION)
+        {
             continue;
-        }
-        if *name == header::CONNECTION && close {
-            closes |= has_token(value.as_bytes(), b"close");
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -544,7 +629,7 @@ fn write_head(
         date::append(out);
         out.extend_from_slice(b"\r\n");
     }
-    if close && !closes {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -643,13 +728,13 @@ mod tests {
         (parsed, buf)
     }
 
-    fn kind(parsed: &Parsed) -> &'static str {
+    fn kind(parsed: &Parsed) -> String {
         match parsed {
-            Parsed::Request { .. } => "request",
-            Parsed::NeedHead => "need head",
-            Parsed::NeedBody => "need body",
-            Parsed::Hyper => "hyper",
-            Parsed::Invalid => "invalid",
+            Parsed::Request { .. } => "request".into(),
+            Parsed::NeedHead => "need head".into(),
+            Parsed::NeedBody(total) => format!("need body: {total}"),
+            Parsed::Hyper(reason) => format!("hyper: {reason}"),
+            Parsed::Invalid => "invalid".into(),
         }
     }
 
@@ -691,66 +776,102 @@ mod tests {
             head.extend_from_slice(b"\r\n");
             head
         };
-        let large_body = format!("POST / HTTP/1.1\r\ncontent-length: {MAX_BUFFERED}\r\n\r\n");
-        let cases: Vec<&[u8]> = vec![
-            b"HEAD / HTTP/1.1\r\n\r\n",
-            b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
-            b"OPTIONS * HTTP/1.1\r\n\r\n",
-            b"CONNECT gw:443 HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
-            b"GET http://gw/ HTTP/1.1\r\n\r\n",
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
-            b"GET / HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\n\r\n",
-            b"GET / HTTP/1.1\r\nte: trailers\r\n\r\n",
-            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nab",
-            b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\na",
-            b"POST / HTTP/1.1\r\ncontent-length: 1,1\r\n\r\na",
-            b"POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\na",
-            b"GET / HTTP/1.1\r\nbad\x01name: 1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n",
-            b"GET /\x7f HTTP/1.1\r\n\r\n",
-            &many_fields,
-            large_body.as_bytes(),
+        let large_head = {
+            let mut head = b"GET / HTTP/1.1\r\nx: ".to_vec();
+            head.resize(MAX_HEAD, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            head
+        };
+        let head = "POST / HTTP/1.1\r\ncontent-length: 00000\r\n\r\n";
+        let large_body = head.replace("00000", &(MAX_BUFFERED - head.len() + 1).to_string());
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"HEAD / HTTP/1.1\r\n\r\n", "method"),
+            (b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "method"),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", "method"),
+            (b"CONNECT gw:443 HTTP/1.1\r\n\r\n", "method"),
+            (b"GET / HTTP/1.0\r\n\r\n", "version"),
+            (b"GET http://gw/ HTTP/1.1\r\n\r\n", "target"),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", "framing"),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+                "framing",
+            ),
+            (b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nab", "framing"),
+            (b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\na", "framing"),
+            (b"POST / HTTP/1.1\r\ncontent-length: 1,1\r\n\r\na", "framing"),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\na",
+                "framing",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+                "expect_upgrade_te",
+            ),
+            (b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n", "expect_upgrade_te"),
+            (b"GET / HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\n\r\n", "expect_upgrade_te"),
+            (b"GET / HTTP/1.1\r\nte: trailers\r\n\r\n", "expect_upgrade_te"),
+            (b"GET / HTTP/1.1\r\nbad\x01name: 1\r\n\r\n", "malformed"),
+            (b"GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n", "malformed"),
+            (b"GET /\x7f HTTP/1.1\r\n\r\n", "malformed"),
+            (&many_fields, "malformed"),
+            (&large_head, "head_size"),
+            (large_body.as_bytes(), "body_size"),
         ];
-        for case in cases {
+        for (case, reason) in cases {
             let (parsed, rest) = parse_all(case);
             assert_eq!(
                 kind(&parsed),
-                "hyper",
+                format!("hyper: {reason}"),
                 "{:?}",
                 String::from_utf8_lossy(case)
             );
             assert_eq!(&rest[..], case, "the buffer was changed");
         }
+        // The largest request taken here: one byte less than `large_body`, all there.
+        let mut largest = head
+            .replace("00000", &(MAX_BUFFERED - head.len()).to_string())
+            .into_bytes();
+        largest.resize(MAX_BUFFERED, b'b');
+        let (parsed, rest) = parse_all(&largest);
+        assert_eq!(kind(&parsed), "request");
+        assert!(rest.is_empty());
     }
 
     #[test]
-    fn partial_requests_wait_and_an_endless_head_goes_to_hyper() {
-        for (case, expected) in [
-            (&b""[..], "need head"),
-            (b"GET / HTTP/1.1\r\nhost: g", "need head"),
-            (
-                b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nabc",
-                "need body",
-            ),
+    fn partial_heads_wait_and_are_parsed_again_only_when_they_may_have_ended() {
+        let (parsed, rest) = parse_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nabc");
+        assert_eq!(kind(&parsed), "need body: 43");
+        assert_eq!(rest.len(), 41);
+
+        for case in [
+            &b""[..],
+            b"GET / HTTP/1.1\r\nhost: g",
+            b"GET / HTTP/1.1\r\nx: y\r\n",
         ] {
             let (parsed, rest) = parse_all(case);
             assert_eq!(
                 kind(&parsed),
-                expected,
+                "need head",
                 "{:?}",
                 String::from_utf8_lossy(case)
             );
             assert_eq!(&rest[..], case);
         }
+        // However long: `serve` answers 431 at MAX_HEAD.
         let mut endless = b"GET / HTTP/1.1\r\nx: ".to_vec();
-        endless.resize(MAX_HEAD, b'a');
-        assert_eq!(kind(&parse_all(&endless).0), "hyper");
-        endless.truncate(MAX_HEAD - 1);
+        endless.resize(2 * MAX_HEAD, b'a');
         assert_eq!(kind(&parse_all(&endless).0), "need head");
+
+        let head = b"GET / HTTP/1.1\r\nx: y\r\n\r\n";
+        assert!(!may_end_head(b"", 0));
+        assert!(may_end_head(b"G", 0));
+        // Wherever a head was split, the bytes after the split may end it.
+        for split in 1..head.len() {
+            assert!(may_end_head(head, split), "split at {split}");
+        }
+        // Bytes that hold no blank line do not.
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nx: y", 5));
+        assert!(may_end_head(b"GET / HTTP/1.1\n\n", 15));
     }
 
     #[test]
@@ -837,6 +958,134 @@ mod tests {
             false,
         );
         assert!(out.starts_with(b"HTTP/1.1 599 \r\n"));
+    }
+
+    /// This module's side of a loopback connection, and the client's.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let conn = Conn {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        };
+        (conn, client)
+    }
+
+    /// What the client reads once `conn` is dropped.
+    async fn written(conn: Conn, mut client: TcpStream) -> String {
+        drop(conn);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        String::from_utf8(got).unwrap()
+    }
+
+    /// A body whose size hint says `say` bytes and which gives `give`.
+    struct Sized {
+        say: u64,
+        give: usize,
+    }
+
+    impl http_body::Body for Sized {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            let give = std::mem::take(&mut self.give);
+            Poll::Ready((give > 0).then(|| Ok(http_body::Frame::data(vec![b'x'; give].into()))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.say)
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_that_break_their_length_are_cut_and_the_connection_closes() {
+        for (say, give, whole) in [(5, 5, true), (5, 10, false), (10, 5, false)] {
+            let (mut conn, client) = pair().await;
+            let response = Response::new(Body::new(Sized { say, give }));
+            assert_eq!(conn.answer(response, false).await, whole, "{say} {give}");
+            let text = written(conn, client).await;
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("\r\ncontent-length: {say}")),
+                "{text}"
+            );
+            // Never more than the length said; less only as a cut answer.
+            assert_eq!(
+                body.len(),
+                if give > say as usize { 0 } else { give },
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn no_body_for_204_and_304_and_a_1xx_becomes_a_500() {
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            let (mut conn, client) = pair().await;
+            let mut response = Response::new(Body::from("abc"));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert("content-length", HeaderValue::from_static("3"));
+            assert!(conn.answer(response, false).await);
+            let text = written(conn, client).await;
+            assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+            assert!(text.ends_with("\r\n\r\n"), "{text}");
+            assert!(!text.contains("content-length"), "{text}");
+            assert!(!text.contains("transfer-encoding"), "{text}");
+        }
+        let (mut conn, client) = pair().await;
+        let mut response = Response::new(Body::from("abc"));
+        *response.status_mut() = StatusCode::EARLY_HINTS;
+        assert!(!conn.answer(response, false).await);
+        let text = written(conn, client).await;
+        assert!(
+            text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_size_is_chunked_unless_the_service_gave_its_length() {
+        let stream = || {
+            let chunks = futures_util::stream::iter([
+                Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"ab"))),
+                Ok(http_body::Frame::data(Bytes::from_static(b"cde"))),
+            ]);
+            Body::new(http_body_util::StreamBody::new(chunks))
+        };
+        let (mut conn, client) = pair().await;
+        assert!(conn.answer(Response::new(stream()), false).await);
+        let text = written(conn, client).await;
+        assert!(
+            text.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+            "{text}"
+        );
+
+        let (mut conn, client) = pair().await;
+        let mut response = Response::new(stream());
+        response
+            .headers_mut()
+            .insert("content-length", HeaderValue::from_static("5"));
+        assert!(conn.answer(response, false).await);
+        let text = written(conn, client).await;
+        assert!(text.contains("\r\ncontent-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nabcde"), "{text}");
     }
 
     #[test]

@@ -224,6 +224,17 @@ impl Gateway {
         r.json["listener"] == "connected"
     }
 
+    /// A metric's value in `/metrics` (0 when absent); `name` may carry labels
+    /// (`name{label="value"}`, as the exporter writes them).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let r = self.call(Method::GET, "/metrics", None, None).await;
+        String::from_utf8_lossy(&r.bytes)
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
