@@ -174,14 +174,13 @@ const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n";
 
 /// Connections handed to hyper's server for `reason` (all reasons: `None`).
 async fn handovers(gw: &Gateway, reason: Option<&str>) -> f64 {
-    const REASONS: [&str; 7] = [
+    const REASONS: [&str; 6] = [
         "method",
         "version",
         "target",
         "framing",
         "expect_upgrade_te",
         "malformed",
-        "head_size",
     ];
     let mut total = 0.0;
     for r in &REASONS {
@@ -201,7 +200,7 @@ async fn until_read(client: &Client) {
         std::net::SocketAddr::V4(a) => {
             format!(
                 "{:08X}:{:04X}",
-                u32::from_le_bytes(a.ip().octets()),
+                u32::from_ne_bytes(a.ip().octets()),
                 a.port()
             )
         }
@@ -217,7 +216,10 @@ async fn until_read(client: &Client) {
         let queues = |local: &str, remote: &str| {
             table.lines().find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() > 4 && f[1] == local && f[2] == remote).then(|| f[4].to_owned())
+                // An established connection's row (a closed one may linger with the same
+                // addresses and empty queues).
+                (f.len() > 4 && f[1] == local && f[2] == remote && f[3] == "01")
+                    .then(|| f[4].to_owned())
             })
         };
         let sent = queues(&ours, &theirs).is_some_and(|q| q.starts_with("00000000:"));
@@ -546,6 +548,7 @@ async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
         Ok(Some("closed")),
         "the gateway kept the agent's exchange after its client left"
     );
+    assert_eq!(handovers(&gw, None).await, 0.0);
 }
 
 #[tokio::test]

@@ -11,12 +11,11 @@
 //!   version (`version`), a request target that is not a path (`target`);
 //! - `Transfer-Encoding`, more than one `Content-Length` or one that is not a decimal number
 //!   (`framing`); `Expect`, `Upgrade` (or `Connection: upgrade`), `TE` (`expect_upgrade_te`);
-//! - a head that does not parse or has over [`MAX_HEADERS`] fields (`malformed`), or is over
-//!   [`MAX_HEAD`] bytes (`head_size`);
+//! - a head that does not parse or has over [`MAX_HEADERS`] fields (`malformed`).
 //!
 //! So hyper answers malformed requests (400, …) as before, and the hostile cases (request
-//! smuggling, chunked bodies, `100 Continue`, upgrades) stay with it. A head still incomplete
-//! at [`MAX_HEAD`] bytes is answered 431 here. What this module keeps of hyper's server:
+//! smuggling, chunked bodies, `100 Continue`, upgrades) stay with it. A head over
+//! [`MAX_HEAD`] bytes, complete or not, is answered 431 here (hyper took up to ~400 KiB). What this module keeps of hyper's server:
 //!
 //! - the header read timeout: from the end of the last answer (or the connection's first
 //!   bytes) until the next head is in; an idle keep-alive connection, or one whose head does
@@ -58,8 +57,8 @@ use crate::agents::has_token;
 use crate::app::{App, Open, HEADER_READ_TIMEOUT};
 use crate::coarse_timer::{CoarseSleep, CoarseTimer};
 
-/// The largest request head taken here: a complete one over it goes to hyper, and a head not
-/// complete at this size is answered 431 (nginx's limit too, 4 × 8 KiB).
+/// The largest request head: over it, complete or not, the answer is 431 (nginx's limit too,
+/// 4 × 8 KiB).
 pub const MAX_HEAD: usize = 32 * 1024;
 /// The most header fields in a request head taken here (hyper's default limit).
 pub const MAX_HEADERS: usize = 100;
@@ -69,8 +68,9 @@ pub const BODY_QUEUE: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Body bytes copied behind the head into one write; larger frames are written on their own.
 const COALESCE: usize = 16 * 1024;
-/// A write buffer grown past this by a large head is let go after its answer.
-const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
+/// A write buffer grown past this (by a large head, or body bytes copied behind it) is let
+/// go after its answer: an idle connection keeps at most this much of it.
+const KEEP_WRITE_CAPACITY: usize = 4 * 1024;
 /// A read buffer grown past this by a large request is let go once empty.
 const KEEP_READ_CAPACITY: usize = 2 * READ_CHUNK;
 
@@ -93,8 +93,15 @@ pub async fn serve<S: App>(
     let mut deadline: Option<CoarseSleep> = None;
     // How much of a partial head has been parsed: it is parsed again only once the bytes
     // after that could end it.
-    let mut parsed_up_to = 0;
+    let mut parsed_up_to: usize = 0;
     loop {
+        // Empty lines before a request (RFC 9112 §2.2) are dropped, so that a client sending
+        // only those cannot have the whole buffer parsed again for each of them.
+        let blank = leading_empty_lines(&conn.read);
+        if blank > 0 {
+            bytes::Buf::advance(&mut conn.read, blank);
+            parsed_up_to = parsed_up_to.saturating_sub(blank);
+        }
         let parsed = if may_end_head(&conn.read, parsed_up_to) {
             parse(&mut conn.read)
         } else {
@@ -116,9 +123,14 @@ pub async fn serve<S: App>(
                 metrics::counter!("gateway_http1_handovers_total", "reason" => reason).increment(1);
                 return conn.hand_over(service, open, hyper).await;
             }
+            Parsed::TooLarge => {
+                conn.answer_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .await;
+                return;
+            }
             Parsed::NeedHead if conn.read.len() >= MAX_HEAD => {
-                // hyper would take up to ~400 KiB, each read of it within a header read
-                // timeout of its own; nginx answers at 32 KiB too.
+                // Not handed to hyper: it would take up to ~400 KiB, with a header read timeout
+                // of its own.
                 conn.answer_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
                     .await;
                 return;
@@ -157,6 +169,18 @@ pub async fn serve<S: App>(
         }
         if conn.read.is_empty() && conn.read.capacity() > KEEP_READ_CAPACITY {
             conn.read = BytesMut::new();
+        }
+    }
+}
+
+/// How many bytes at the start of `buf` are whole empty lines (`\r\n` or `\n`).
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
         }
     }
 }
@@ -561,6 +585,8 @@ enum Parsed {
     },
     /// The head is not all there yet.
     NeedHead,
+    /// A head over [`MAX_HEAD`] bytes.
+    TooLarge,
     /// A request for hyper's server (see the module's documentation), and why (the
     /// `reason` of `gateway_http1_handovers_total`).
     Hyper(&'static str),
@@ -579,7 +605,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         .parse_request_with_uninit_headers(&mut head, buf, &mut raw)
     {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
-        Ok(httparse::Status::Complete(_)) => return Parsed::Hyper("head_size"),
+        Ok(httparse::Status::Complete(_)) => return Parsed::TooLarge,
         Ok(httparse::Status::Partial) => return Parsed::NeedHead,
         Err(_) => return Parsed::Hyper("malformed"),
     };
@@ -859,6 +885,7 @@ mod tests {
         match parsed {
             Parsed::Request { .. } => "request".into(),
             Parsed::NeedHead => "need head".into(),
+            Parsed::TooLarge => "too large".into(),
             Parsed::Hyper(reason) => format!("hyper: {reason}"),
             Parsed::Invalid => "invalid".into(),
         }
@@ -942,8 +969,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n", "malformed"),
             (b"GET /\x7f HTTP/1.1\r\n\r\n", "malformed"),
             (&many_fields, "malformed"),
-            (&large_head, "head_size"),
         ];
+        assert_eq!(kind(&parse_all(&large_head).0), "too large");
         for (case, reason) in cases {
             let (parsed, rest) = parse_all(case);
             assert_eq!(
@@ -1031,6 +1058,19 @@ mod tests {
         for split in 1..head.len() {
             assert!(may_end_head(head, split), "split at {split}");
         }
+        // Heads ended by bare line feeds, or a bare one after a carriage return, likewise.
+        for head in [
+            &b"GET / HTTP/1.1\nx: y\n\n"[..],
+            b"GET / HTTP/1.1\r\nx: y\n\r\n",
+        ] {
+            assert_eq!(kind(&parse_all(head).0), "request");
+            for split in 1..head.len() {
+                assert!(may_end_head(head, split), "split at {split}");
+            }
+        }
+        assert_eq!(leading_empty_lines(b"\r\n\n\r\nGET"), 5);
+        assert_eq!(leading_empty_lines(b"\r\r\nGET"), 0);
+        assert_eq!(leading_empty_lines(b"\r\n\r"), 2);
         // Bytes that hold no blank line do not.
         assert!(!may_end_head(b"GET / HTTP/1.1\r\nx: y", 5));
         assert!(may_end_head(b"GET / HTTP/1.1\n\n", 15));
