@@ -1,6 +1,7 @@
 //! Timers for the two timeouts every proxied request arms and almost never reaches: the HTTP/1
-//! header read timeout (hyper's, through its `Timer` trait) and the wait for the agent's
-//! response head (the proxy's). Each serving thread has one timer for each.
+//! header read timeout (the gateway's own HTTP/1 server's, and hyper's through its `Timer`
+//! trait) and the wait for the agent's response head (the proxy's). Each serving thread has one
+//! timer for each.
 //!
 //! On Tokio's timer each of those is an entry registered in the runtime's timer wheel on its
 //! first poll and removed on drop (BENCHMARKS.md, "The gateway against nginx", the instruction
@@ -10,7 +11,7 @@
 //! timer is made, and a timer counts as expired only once a look at the clock has passed it:
 //! it never fires early, and fires at most about one `resolution` late (more when the thread
 //! is too busy to run the looking task on time). The task runs only while timers are waiting
-//! (hyper arms the header timer of an idle keep-alive connection too, so a thread with one
+//! (the header timer of an idle keep-alive connection is armed too, so a thread with one
 //! ticks every second), on the runtime that polled the first of them.
 
 use std::future::Future;
