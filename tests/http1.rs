@@ -514,23 +514,27 @@ async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
     let addr = listener.local_addr().unwrap();
     let (got, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut seen = Vec::new();
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = got.send("closed");
-                    return;
-                }
-                Ok(n) => {
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = got.send("request");
-                        seen.clear();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let got = got.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = got.send("closed");
+                            return;
+                        }
+                        Ok(n) => {
+                            seen.extend_from_slice(&buf[..n]);
+                            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let _ = got.send("request");
+                                seen.clear();
+                            }
+                        }
                     }
                 }
-            }
+            });
         }
     });
     let gw = Gateway::start(&[]);
@@ -547,6 +551,21 @@ async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
         then,
         Ok(Some("closed")),
         "the gateway kept the agent's exchange after its client left"
+    );
+    // The same while the request's body is still coming: the agent has the head and part of
+    // the body when the client leaves.
+    let mut client = Client::connect(&gw).await;
+    client
+        .send(b"POST /workspaces/ws-1/a2a HTTP/1.1\r\nhost: gw\r\ncontent-length: 10\r\n\r\n12345")
+        .await;
+    let first = tokio::time::timeout(DEADLINE, got_rx.recv()).await;
+    assert_eq!(first, Ok(Some("request")));
+    drop(client);
+    let then = tokio::time::timeout(DEADLINE, got_rx.recv()).await;
+    assert_eq!(
+        then,
+        Ok(Some("closed")),
+        "the gateway kept the agent's exchange after its client left mid-body"
     );
     assert_eq!(handovers(&gw, None).await, 0.0);
 }
@@ -689,4 +708,17 @@ async fn an_answer_before_the_body_is_all_in_closes_the_connection() {
     assert_eq!(answer.status, 404, "{answer:?}");
     assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
     assert!(client.closed().await);
+    // A body all sent, but more than the first read takes: what arrived is read and dropped,
+    // and the connection goes on (as with hyper).
+    let mut client = Client::connect(&gw).await;
+    let mut request =
+        b"POST /workspaces/nobody/a2a HTTP/1.1\r\nhost: gw\r\ncontent-length: 20000\r\n\r\n"
+            .to_vec();
+    request.resize(request.len() + 20_000, b'z');
+    client.send(&request).await;
+    let answer = client.answer().await;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    assert_eq!(answer.header("connection"), None, "{answer:?}");
+    client.send(HEALTH).await;
+    assert_eq!(client.answer().await.json()["status"], "ok");
 }

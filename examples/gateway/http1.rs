@@ -62,8 +62,10 @@ use crate::coarse_timer::{CoarseSleep, CoarseTimer};
 pub const MAX_HEAD: usize = 32 * 1024;
 /// The most header fields in a request head taken here (hyper's default limit).
 pub const MAX_HEADERS: usize = 100;
-/// Request body bytes read ahead of what the service has taken.
+/// Request body bytes read ahead of what the service has taken (one read may overshoot it).
 pub const BODY_QUEUE: usize = 64 * 1024;
+/// Reads of request body queued ahead of what the service has taken.
+const BODY_QUEUE_CHUNKS: usize = 64;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 /// Body bytes copied behind the head into one write; larger frames are written on their own.
@@ -94,6 +96,8 @@ pub async fn serve<S: App>(
     // How much of a partial head has been parsed: it is parsed again only once the bytes
     // after that could end it.
     let mut parsed_up_to: usize = 0;
+    // Empty lines dropped since the last request: they count towards the head's limit.
+    let mut skipped = 0;
     loop {
         // Empty lines before a request (RFC 9112 §2.2) are dropped, so that a client sending
         // only those cannot have the whole buffer parsed again for each of them.
@@ -101,6 +105,7 @@ pub async fn serve<S: App>(
         if blank > 0 {
             bytes::Buf::advance(&mut conn.read, blank);
             parsed_up_to = parsed_up_to.saturating_sub(blank);
+            skipped += blank;
         }
         let parsed = if may_end_head(&conn.read, parsed_up_to) {
             parse(&mut conn.read)
@@ -128,7 +133,7 @@ pub async fn serve<S: App>(
                     .await;
                 return;
             }
-            Parsed::NeedHead if conn.read.len() >= MAX_HEAD => {
+            Parsed::NeedHead if conn.read.len() + skipped >= MAX_HEAD => {
                 // Not handed to hyper: it would take up to ~400 KiB, with a header read timeout
                 // of its own.
                 conn.answer_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -145,6 +150,7 @@ pub async fn serve<S: App>(
         };
         deadline = None;
         parsed_up_to = 0;
+        skipped = 0;
         let Ok(()) = poll_fn(|cx| tower::Service::poll_ready(&mut service, cx)).await;
         let response = {
             let call = pin!(tower::Service::call(&mut service, request));
@@ -154,10 +160,16 @@ pub async fn serve<S: App>(
             }
         };
         if let Some(feed) = feed.filter(|f| f.left() > 0) {
-            // Answered before its body was all in: where the next request would start is not
-            // read, so the connection ends after this answer.
-            feed.cut();
-            close = true;
+            // Answered before its body was all in. If nothing reads it any more, what of it has
+            // arrived is read and dropped, as hyper does; if that does not finish it, where the
+            // next request starts is unknown, and the connection ends after this answer.
+            if feed.reader_gone() {
+                conn.drop_arrived(&feed).await;
+            }
+            if feed.left() > 0 {
+                feed.cut();
+                close = true;
+            }
         }
         close |= open.is_draining() || says_close(response.headers());
         if !conn.answer(response, close).await || close {
@@ -260,13 +272,36 @@ impl Conn {
         .await
     }
 
+    /// Reads and drops what of `feed`'s body has arrived (at most [`BODY_QUEUE`] bytes),
+    /// without waiting for more.
+    async fn drop_arrived(&mut self, feed: &Feed) {
+        let mut budget = BODY_QUEUE;
+        let Conn { stream, read, .. } = self;
+        poll_fn(|cx| loop {
+            if feed.left() == 0 || budget == 0 {
+                return Poll::Ready(());
+            }
+            if read.is_empty() {
+                if read.capacity() < READ_CHUNK / 2 {
+                    read.reserve(READ_CHUNK);
+                }
+                match pin!(stream.read_buf(&mut *read)).poll(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    _ => return Poll::Ready(()),
+                }
+            }
+            budget = budget.saturating_sub(feed.drop_from(read));
+        })
+        .await
+    }
+
     /// Reads for the body `feed` waits for, or looks for the end of the client's stream.
     fn pump(&mut self, cx: &mut Context<'_>, feed: Option<&Feed>) -> Pump {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
             self.read.reserve(READ_CHUNK);
         }
         if let Some(feed) = feed.filter(|f| f.left() > 0) {
-            if !feed.wants_more() {
+            if !feed.has_room(cx) {
                 return Pump::Idle;
             }
             if self.read.is_empty() {
@@ -469,6 +504,8 @@ enum Pump {
 struct Feed(Arc<Mutex<Arrival>>);
 
 struct Arrival {
+    /// What was read and not yet taken: one chunk per read, so their number is bounded too
+    /// (a client sending a byte at a time would otherwise queue 32 bytes of bookkeeping each).
     queue: VecDeque<Bytes>,
     queued: usize,
     /// Bytes of the body still to be read from the connection.
@@ -477,6 +514,15 @@ struct Arrival {
     cut: bool,
     /// The body's reader, waiting for more.
     waker: Option<Waker>,
+    /// The connection's task, waiting for room in the queue (the body may be read by another
+    /// task).
+    room: Option<Waker>,
+}
+
+impl Arrival {
+    fn has_room(&self) -> bool {
+        self.queued < BODY_QUEUE && self.queue.len() < BODY_QUEUE_CHUNKS
+    }
 }
 
 impl Feed {
@@ -488,8 +534,14 @@ impl Feed {
         self.lock().left
     }
 
-    fn wants_more(&self) -> bool {
-        self.lock().queued < BODY_QUEUE
+    /// Whether the queue has room; if not, `cx` is woken when the reader makes some.
+    fn has_room(&self, cx: &Context<'_>) -> bool {
+        let mut arrival = self.lock();
+        if arrival.has_room() {
+            return true;
+        }
+        arrival.room = Some(cx.waker().clone());
+        false
     }
 
     /// Queues what of `read` belongs to the body (the rest is the next request's), and wakes
@@ -513,6 +565,22 @@ impl Feed {
     }
 
     /// Marks the body as never to be all read: its reader gets an error after what is queued.
+    /// Whether the body's reader has dropped it.
+    fn reader_gone(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
+    /// Drops what of `read` belongs to the body; how much that was.
+    fn drop_from(&self, read: &mut BytesMut) -> usize {
+        let mut arrival = self.lock();
+        let take = read
+            .len()
+            .min(usize::try_from(arrival.left).unwrap_or(usize::MAX));
+        bytes::Buf::advance(read, take);
+        arrival.left -= take as u64;
+        take
+    }
+
     fn cut(&self) {
         let mut arrival = self.lock();
         arrival.cut = true;
@@ -537,6 +605,13 @@ impl http_body::Body for ArrivingBody {
         let mut arrival = self.0.lock();
         if let Some(chunk) = arrival.queue.pop_front() {
             arrival.queued -= chunk.len();
+            if arrival.has_room() {
+                if let Some(room) = arrival.room.take() {
+                    if !room.will_wake(cx.waker()) {
+                        room.wake();
+                    }
+                }
+            }
             return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
         }
         if arrival.left == 0 {
@@ -694,6 +769,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             left,
             cut: false,
             waker: None,
+            room: None,
         })));
         (Body::new(ArrivingBody(feed.clone())), Some(feed))
     } else if body.is_empty() {
@@ -1028,6 +1104,46 @@ mod tests {
             b"abc"
         );
         assert!(body.frame().await.unwrap().is_err());
+    }
+
+    #[test]
+    fn a_reader_that_makes_room_in_the_queue_wakes_the_connection() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl futures_util::task::ArcWake for Count {
+            fn wake_by_ref(count: &Arc<Self>) {
+                count.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let (parsed, _) = parse_all(b"POST / HTTP/1.1\r\ncontent-length: 200000\r\n\r\n");
+        let Parsed::Request {
+            request,
+            feed: Some(feed),
+            ..
+        } = parsed
+        else {
+            panic!("{}", kind(&parsed));
+        };
+        let woken = Arc::new(Count(Default::default()));
+        let conn = futures_util::task::waker(woken.clone());
+        let conn = Context::from_waker(&conn);
+        let mut read = BytesMut::from(&vec![b'x'; BODY_QUEUE][..]);
+        feed.push(&mut read, &conn);
+        assert!(read.is_empty());
+        assert!(!feed.has_room(&conn));
+        // The body read on another task: taking a chunk wakes the connection's.
+        let reader = futures_util::task::noop_waker();
+        let mut body = request.into_body();
+        let frame = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&reader));
+        assert!(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(feed.has_room(&conn));
+        assert_eq!(body.size_hint().exact(), Some(200_000 - BODY_QUEUE as u64));
+        // A byte at a time: the queue holds at most BODY_QUEUE_CHUNKS reads.
+        for _ in 0..BODY_QUEUE_CHUNKS {
+            assert!(feed.has_room(&conn));
+            feed.push(&mut BytesMut::from(&b"y"[..]), &conn);
+        }
+        assert!(!feed.has_room(&conn));
     }
 
     #[test]
