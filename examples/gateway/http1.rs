@@ -1,7 +1,7 @@
 //! The gateway's HTTP/1.1 server for plain requests; hyper's serves everything else.
 //!
-//! Almost every request a gateway serves has one shape: an HTTP/1.1 `GET` or `POST` whose head
-//! and `Content-Length` body arrive together, answered with a body of known length or a stream.
+//! Almost every request a gateway serves has one shape: an HTTP/1.1 `GET` or `POST` with a path
+//! and at most one decimal `Content-Length`, answered with a body of known length or a stream.
 //! This module reads and answers those itself, with a fraction of the work hyper's general
 //! server does per request (BENCHMARKS.md, "The gateway against nginx", the instruction table).
 //! Anything else hands the connection, with every byte read so far, to hyper's HTTP/1 server
@@ -23,11 +23,14 @@
 //!   over, so hyper's own timeout starts only for the requests after);
 //! - request bodies stream: the service is called once the head is in, with what of the body
 //!   came with it, and the rest is read while the service runs (at most [`BODY_QUEUE`] bytes
-//!   ahead of what it has taken); an answer that comes before the body is all in closes the
-//!   connection after it (hyper closes it too, once a read finds the body still not in);
+//!   ahead of what it has taken, and at most [`BODY_QUEUE_CHUNKS`] reads); an answer that
+//!   comes before the body is all in: if the service has let go of the body, what of it has
+//!   arrived is read and dropped (up to [`BODY_QUEUE`] bytes) and the connection goes on if
+//!   that finishes it, as with hyper; otherwise the body is cut (a reader still holding it
+//!   gets an error; hyper would feed it on) and the connection closes after the answer;
 //! - a client that closes its end while its request is in flight (its body included)
 //!   cancels the request (the agent's exchange is dropped), as long as no next request is
-//!   buffered;
+//!   buffered and the body's queue is not full (then it is seen once the service moves);
 //! - pipelined requests are answered in order;
 //! - `Connection: close` from the client or the service, and draining at shutdown, close the
 //!   connection after the answer, which says `connection: close`; draining closes an idle
@@ -65,7 +68,7 @@ pub const MAX_HEADERS: usize = 100;
 /// Request body bytes read ahead of what the service has taken (one read may overshoot it).
 pub const BODY_QUEUE: usize = 64 * 1024;
 /// Reads of request body queued ahead of what the service has taken.
-const BODY_QUEUE_CHUNKS: usize = 64;
+pub const BODY_QUEUE_CHUNKS: usize = 64;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 /// Body bytes copied behind the head into one write; larger frames are written on their own.
@@ -455,7 +458,7 @@ impl Conn {
 
     /// An answer with `status` and no body, after which the connection closes: to a request
     /// this module cannot take (400 for a target or field `http` does not accept, as hyper
-    /// answers it; 431 for a head that does not end), or in place of a 1xx. False if the
+    /// answers it; 431 for a head over [`MAX_HEAD`], complete or not), or in place of a 1xx. False if the
     /// client is gone.
     async fn answer_error(&mut self, status: StatusCode) -> bool {
         self.write.clear();
@@ -564,7 +567,6 @@ impl Feed {
         }
     }
 
-    /// Marks the body as never to be all read: its reader gets an error after what is queued.
     /// Whether the body's reader has dropped it.
     fn reader_gone(&self) -> bool {
         Arc::strong_count(&self.0) == 1
@@ -581,6 +583,7 @@ impl Feed {
         take
     }
 
+    /// Marks the body as never to be all read: its reader gets an error after what is queued.
     fn cut(&self) {
         let mut arrival = self.lock();
         arrival.cut = true;
@@ -641,7 +644,7 @@ impl http_body::Body for ArrivingBody {
 /// How a response's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
-    /// The status has no body (1xx, 204, 304).
+    /// The status has no body (204, 304; a 1xx is answered 500 before).
     None,
     Length(u64),
     Chunked,
