@@ -235,6 +235,22 @@ async fn until_read(client: &Client) {
     }
 }
 
+/// An agent on a loopback port that runs `serve` on each connection it accepts.
+async fn raw_agent<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn));
+        }
+    });
+    addr
+}
+
 async fn gateway_with_agent() -> (Gateway, Agent) {
     let gw = Gateway::start(&[]);
     let agent = Agent::start().await;
@@ -517,33 +533,30 @@ async fn streamed_answers_are_chunked_and_the_connection_goes_on() {
 #[tokio::test]
 async fn a_client_that_leaves_cancels_its_request_at_the_agent() {
     // An agent that reads a request and never answers; it reports when its connection closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (got, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let got = got.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut seen = Vec::new();
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            let _ = got.send("closed");
-                            return;
-                        }
-                        Ok(n) => {
-                            seen.extend_from_slice(&buf[..n]);
-                            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                                let _ = got.send("request");
-                                seen.clear();
-                            }
+    let addr = raw_agent(move |mut conn| {
+        let got = got.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = got.send("closed");
+                        return;
+                    }
+                    Ok(n) => {
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let _ = got.send("request");
+                            seen.clear();
                         }
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     let gw = Gateway::start(&[]);
     gw.register("ws-1", &format!("http://{addr}/agent")).await;
     let mut client = Client::connect(&gw).await;
@@ -645,37 +658,29 @@ async fn shutdown_answers_requests_partly_read_and_closes_idle_connections() {
 async fn an_answer_the_agent_cuts_short_is_cut_short_and_a_204_has_no_body() {
     // An agent that answers `/agent/empty` with a 204 and `/agent/short` with 10 of the 100
     // bytes it announces, then closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    let addr = raw_agent(|mut conn| async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    if head.starts_with("GET /agent/short ") {
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-                            .await;
-                        return;
-                    }
-                    let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
-            });
+                continue;
+            };
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            seen.drain(..end + 4);
+            if head.starts_with("GET /agent/short ") {
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+                return;
+            }
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         }
-    });
+    })
+    .await;
     let gw = Gateway::start(&[]);
     gw.register("ws-1", &format!("http://{addr}/agent")).await;
 

@@ -960,6 +960,20 @@ mod tests {
         (parsed, buf)
     }
 
+    /// The request `bytes` hold, whose body is not all there, and its feed.
+    fn streaming(bytes: &[u8]) -> (Request<Body>, Feed) {
+        let (parsed, rest) = parse_all(bytes);
+        assert!(rest.is_empty());
+        match parsed {
+            Parsed::Request {
+                request,
+                feed: Some(feed),
+                ..
+            } => (request, feed),
+            parsed => panic!("{}", kind(&parsed)),
+        }
+    }
+
     fn kind(parsed: &Parsed) -> String {
         match parsed {
             Parsed::Request { .. } => "request".into(),
@@ -1064,16 +1078,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_not_all_there_streams_from_what_came_with_its_head() {
-        let (parsed, rest) = parse_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc");
-        assert!(rest.is_empty());
-        let Parsed::Request {
-            request,
-            feed: Some(feed),
-            ..
-        } = parsed
-        else {
-            panic!("{}", kind(&parsed));
-        };
+        let (request, feed) = streaming(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc");
         let mut body = request.into_body();
         assert_eq!(body.size_hint().exact(), Some(10));
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -1091,15 +1096,7 @@ mod tests {
         assert!(body.is_end_stream());
 
         // A body cut short: what was queued, then an error.
-        let (parsed, _) = parse_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc");
-        let Parsed::Request {
-            request,
-            feed: Some(feed),
-            ..
-        } = parsed
-        else {
-            panic!("{}", kind(&parsed));
-        };
+        let (request, feed) = streaming(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc");
         feed.cut();
         let mut body = request.into_body();
         assert_eq!(
@@ -1117,15 +1114,7 @@ mod tests {
                 count.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let (parsed, _) = parse_all(b"POST / HTTP/1.1\r\ncontent-length: 200000\r\n\r\n");
-        let Parsed::Request {
-            request,
-            feed: Some(feed),
-            ..
-        } = parsed
-        else {
-            panic!("{}", kind(&parsed));
-        };
+        let (request, feed) = streaming(b"POST / HTTP/1.1\r\ncontent-length: 200000\r\n\r\n");
         let woken = Arc::new(Count(Default::default()));
         let conn = futures_util::task::waker(woken.clone());
         let conn = Context::from_waker(&conn);
