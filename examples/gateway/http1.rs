@@ -232,9 +232,7 @@ impl Conn {
         timer: &CoarseTimer,
         deadline: &mut Option<CoarseSleep>,
     ) -> bool {
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
-            self.read.reserve(READ_CHUNK);
-        }
+        self.make_room();
         let Conn { stream, read, .. } = self;
         poll_fn(|cx| {
             match pin!(stream.read_buf(&mut *read)).poll(cx) {
@@ -300,14 +298,12 @@ impl Conn {
 
     /// Reads for the body `feed` waits for, or looks for the end of the client's stream.
     fn pump(&mut self, cx: &mut Context<'_>, feed: Option<&Feed>) -> Pump {
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
-            self.read.reserve(READ_CHUNK);
-        }
         if let Some(feed) = feed.filter(|f| f.left() > 0) {
             if !feed.has_room(cx) {
                 return Pump::Idle;
             }
             if self.read.is_empty() {
+                self.make_room();
                 let Conn { stream, read, .. } = self;
                 match pin!(stream.read_buf(&mut *read)).poll(cx) {
                     Poll::Ready(Ok(0) | Err(_)) => {
@@ -324,10 +320,18 @@ impl Conn {
         if !self.read.is_empty() {
             return Pump::Idle;
         }
+        self.make_room();
         let Conn { stream, read, .. } = self;
         match pin!(stream.read_buf(&mut *read)).poll(cx) {
             Poll::Ready(Ok(0) | Err(_)) => Pump::Gone,
             _ => Pump::Idle,
+        }
+    }
+
+    /// Room for a read in the read buffer.
+    fn make_room(&mut self) {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
+            self.read.reserve(READ_CHUNK);
         }
     }
 
@@ -458,8 +462,8 @@ impl Conn {
 
     /// An answer with `status` and no body, after which the connection closes: to a request
     /// this module cannot take (400 for a target or field `http` does not accept, as hyper
-    /// answers it; 431 for a head over [`MAX_HEAD`], complete or not), or in place of a 1xx. False if the
-    /// client is gone.
+    /// answers it; 431 for a head over [`MAX_HEAD`], complete or not), or in place of a 1xx.
+    /// False if the client is gone.
     async fn answer_error(&mut self, status: StatusCode) -> bool {
         self.write.clear();
         let headers = HeaderMap::new();
