@@ -122,19 +122,22 @@ async fn fail_closed_check_timeout_and_the_fail_open_metric() {
             ("GATEWAY_CHECK_TIMEOUT_MS", "400"),
         ],
     );
-    closed.register("ws-1", &agent.url()).await;
+    // An id no other test uses: notifications are database-wide (docs/design.md, known limits),
+    // and another test's registration of the same id in its own schema would drop this
+    // gateway's last known URL, which the fail-open call below relies on (seen in CI).
+    closed.register("ws-fail-open", &agent.url()).await;
     // Started after the registration and polled until its change listener is connected: a
     // listener that connects (and clears the cache, as after any reconnect), or a notification
     // of the registration that arrives, after the first call would drop the last known URL the
     // fail-open call below relies on.
     let open = Gateway::start(&["--database-url", &url, "--cache-ttl-ms", "0"]);
     common::gateway::until_listening(&[&open]).await;
-    assert_eq!(rpc(&closed, "ws-1").await.status, StatusCode::OK);
-    assert_eq!(rpc(&open, "ws-1").await.status, StatusCode::OK);
+    assert_eq!(rpc(&closed, "ws-fail-open").await.status, StatusCode::OK);
+    assert_eq!(rpc(&open, "ws-fail-open").await.status, StatusCode::OK);
 
     relay.set(Fault::Hang);
     let started = Instant::now();
-    let r = rpc(&closed, "ws-1").await;
+    let r = rpc(&closed, "ws-fail-open").await;
     let waited = started.elapsed();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json, json!({"error": "budget check unavailable"}));
@@ -144,10 +147,10 @@ async fn fail_closed_check_timeout_and_the_fail_open_metric() {
     );
     relay.set(Fault::Cut);
     assert_eq!(
-        rpc(&closed, "ws-1").await.status,
+        rpc(&closed, "ws-fail-open").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let r = rpc(&open, "ws-1").await;
+    let r = rpc(&open, "ws-fail-open").await;
     assert_eq!(r.status, StatusCode::OK, "fail-open by default");
     let metrics = open.call(Method::GET, "/metrics", None, None).await;
     let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
